@@ -1,0 +1,731 @@
+"""Helpers of the benchmarks: config, ports, managed processes, the fleet handle, results.
+
+Fixtures live in ``conftest.py``; this module is plain code so that test modules
+can import it (``benchmarks/`` is put on ``sys.path`` by ``conftest.py``).
+
+Every process started here is stopped by its pid (SIGINT, SIGTERM, then
+SIGKILL, each wait bounded), also when a benchmark fails. Every wait is bounded
+in time.
+
+Environment:
+
+* ``FASTGW_BENCH_CONNECTIONS`` (default 10000): WebSocket connections per server.
+* ``FASTGW_BENCH_MESSAGES`` (default 10): messages published per round.
+* ``FASTGW_BENCH_ROUNDS`` (default 5): measured rounds (one warm-up round on top).
+* ``FASTGW_BENCH_SERVER_CPU`` / ``FASTGW_BENCH_FLEET_CPU`` (default: the first
+  two CPUs of this process's affinity when it has at least two): pinning; ``-1``
+  disables it.
+* ``FASTGW_BENCH_RESULTS`` (default ``benchmarks/results/fanout-latest.json``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson as _orjson
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+PEERS_DIR = BENCH_DIR / "peers"
+FLEET_SCRIPT = BENCH_DIR / "fleet.py"
+DEFAULT_RESULTS = BENCH_DIR / "results" / "fanout-latest.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+# --------------------------------------------------------------------------- payload
+
+CHANNEL = "route:500-D:UP"
+
+
+def bench_payload() -> dict:
+    """The benchmark's ``location_update``: ~330 bytes of JSON, ~460 bytes once enveloped.
+
+    The schema's required fields plus accuracy, confidence and contributor
+    count (a trimmed update; the full one with trip, stop name and distance is
+    ~460 bytes on its own). Fixed values, so every run frames the same bytes.
+    """
+    from fastgw.messages import location_update
+
+    return location_update(
+        vehicle_id="KA-57-F-1234",
+        route_id="500-D",
+        direction="UP",
+        latitude=12.917612,
+        longitude=77.622791,
+        speed=23.4,
+        heading=87.5,
+        timestamp=1767000000.123,
+        accuracy=8.5,
+        confidence=0.92,
+        contributor_count=3,
+    )
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    connections: int
+    messages: int
+    rounds: int
+    warmup_rounds: int
+    server_cpu: int | None
+    fleet_cpu: int | None
+    connect_timeout: float
+    round_timeout: float
+    results_path: Path
+
+
+def _pin_defaults() -> tuple[int | None, int | None]:
+    if not hasattr(os, "sched_setaffinity"):
+        return None, None
+    cpus = sorted(os.sched_getaffinity(0))
+    server = _env_int("FASTGW_BENCH_SERVER_CPU", cpus[0] if len(cpus) >= 2 else -1)
+    fleet = _env_int("FASTGW_BENCH_FLEET_CPU", cpus[1] if len(cpus) >= 2 else -1)
+    return (server if server >= 0 else None), (fleet if fleet >= 0 else None)
+
+
+def load_config() -> BenchConfig:
+    n = _env_int("FASTGW_BENCH_CONNECTIONS", 10_000)
+    m = _env_int("FASTGW_BENCH_MESSAGES", 10)
+    if not 1 <= n <= 19_000:
+        raise pytest.UsageError("FASTGW_BENCH_CONNECTIONS must be 1..19000 (20,000 open files per process)")
+    if m < 1:
+        raise pytest.UsageError("FASTGW_BENCH_MESSAGES must be >= 1")
+    server_cpu, fleet_cpu = _pin_defaults()
+    return BenchConfig(
+        connections=n,
+        messages=m,
+        rounds=max(1, _env_int("FASTGW_BENCH_ROUNDS", 5)),
+        warmup_rounds=1,
+        server_cpu=server_cpu,
+        fleet_cpu=fleet_cpu,
+        # 10,000 handshakes take a few seconds; leave a wide margin but stay bounded.
+        connect_timeout=30.0 + n / 200.0,
+        # Rounds deliver ~100k frames/s; a round that takes 20x longer is broken.
+        round_timeout=15.0 + n * m / 5_000.0,
+        results_path=Path(os.environ.get("FASTGW_BENCH_RESULTS", str(DEFAULT_RESULTS))),
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """On-CPU time of a process, all threads, in seconds; 0.0 if unavailable.
+
+    Sums ``/proc/<pid>/task/*/schedstat`` (nanoseconds) and falls back to
+    utime + stime of ``/proc/<pid>/stat`` (10 ms ticks).
+    """
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def cpu_busy_seconds(cpu: int | None) -> float:
+    """Busy time of one CPU from /proc/stat (user..steal, softirq included), in seconds.
+
+    Loopback delivery runs in softirq on the writer's core and is not charged
+    to the writing process, so this is the complete cost of the server's core.
+    """
+    if cpu is None:
+        return 0.0
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    idle = v[3] + (v[4] if len(v) > 4 else 0)
+                    busy = sum(v[:8]) - idle  # user nice system idle iowait irq softirq steal
+                    return busy / CLK_TCK
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def proc_rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(pid, {cpu})
+        except OSError:
+            pass
+
+
+def http_get_status(host: str, port: int, path: str, timeout: float = 1.0) -> int:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+class ManagedProcess:
+    """A child process with its output in a log file, stopped by pid with bounded waits."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cpu: int | None = None,
+                 log_dir: Path, stdin_pipe: bool = False, stdout_pipe: bool = False) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else self._log,
+            stderr=self._log,
+            env=env,
+            cwd=str(REPO_DIR),
+        )
+        self.pid = self.proc.pid
+        pin(self.pid, cpu)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, limit: int = 3000) -> str:
+        try:
+            self._log.flush()
+            data = self.log_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-limit:].decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM (SIGINT for a clean aiohttp exit), wait, then SIGKILL. Only this pid."""
+        try:
+            if self.proc.poll() is None and self.proc.stdin is not None:
+                try:  # a fleet exits by itself when its control pipe closes
+                    self.proc.stdin.close()
+                    self.proc.wait(min(timeout, 3.0))
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            if self.proc.poll() is None:
+                for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, timeout / 2)):
+                    try:
+                        self.proc.send_signal(sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        self.proc.wait(wait)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait(timeout)
+        finally:
+            for stream in (self.proc.stdin, self.proc.stdout):
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except OSError:
+                        pass
+            self._log.close()
+        return self.proc.returncode
+
+
+class Procs:
+    """Tracks processes started by one test; the fixture stops all of them (each by pid)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[ManagedProcess] = []
+
+    def start(self, name: str, argv: list[str], **kw: Any) -> ManagedProcess:
+        p = ManagedProcess(name, argv, log_dir=self.log_dir, **kw)
+        self.started.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        errors = []
+        for p in reversed(self.started):
+            try:
+                p.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{p.name}: {exc!r}")
+        self.started.clear()
+        if errors:
+            raise RuntimeError("could not stop: " + "; ".join(errors))
+
+
+def wait_ready(proc: ManagedProcess, host: str, port: int, path: str = "/readyz", timeout: float = 20.0) -> float:
+    """Poll ``GET path`` until 200; returns seconds waited. Fails with the process log on timeout."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.proc.returncode}:\n{proc.log_tail()}")
+        try:
+            status = http_get_status(host, port, path, timeout=1.0)
+            if status == 200:
+                return time.monotonic() - t0
+            last = f"HTTP {status}"
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.name} not ready after {timeout}s ({last}):\n{proc.log_tail()}")
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+class FleetHandle:
+    """Line protocol to ``benchmarks/fleet.py`` over the child's stdin/stdout, every read bounded."""
+
+    def __init__(self, proc: ManagedProcess) -> None:
+        self.proc = proc
+        self._buf = b""
+
+    def send(self, line: str) -> None:
+        assert self.proc.proc.stdin is not None
+        self.proc.proc.stdin.write((line + "\n").encode())
+        self.proc.proc.stdin.flush()
+
+    def read_line(self, timeout: float) -> str:
+        out = self.proc.proc.stdout
+        assert out is not None
+        fd = out.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"fleet silent for {timeout:.0f}s:\n{self.proc.log_tail()}")
+            r, _, _ = select.select([fd], [], [], min(remaining, 1.0))
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise RuntimeError(f"fleet exited ({self.proc.proc.poll()}):\n{self.proc.log_tail()}")
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
+
+    def command(self, line: str, timeout: float) -> str:
+        self.send(line)
+        return self.read_line(timeout)
+
+    def connect(self, n: int, timeout: float) -> tuple[int, int, float, str]:
+        reply = self.command(f"connect {n}", timeout + 10)
+        parts = reply.split(maxsplit=4)
+        if parts[0] != "ready":
+            raise RuntimeError(f"fleet: {reply}")
+        return int(parts[1]), int(parts[2]), float(parts[3]), (parts[4] if len(parts) > 4 else "")
+
+    def arm(self, k: int, timeout: float) -> int:
+        self.send(f"expect {k} {timeout}")
+        reply = self.read_line(10.0)
+        if not reply.startswith("armed"):
+            raise RuntimeError(f"fleet: {reply}")
+        return int(reply.split()[1])
+
+    def wait_done(self, timeout: float) -> tuple[float | None, str]:
+        """(t_last monotonic, raw reply); t_last None on a fleet-side timeout."""
+        reply = self.read_line(timeout + 10)
+        if reply.startswith("done"):
+            return float(reply.split()[1]), reply
+        return None, reply
+
+    def stats(self) -> dict[str, str]:
+        reply = self.command("stats", 10.0)
+        return dict(kv.split("=", 1) for kv in reply.split()[1:])
+
+    def quit(self) -> None:
+        try:
+            self.command("quit", 10.0)
+        except Exception:
+            pass
+
+
+def start_fleet(procs: Procs, cfg: BenchConfig, port: int, path: str, name: str = "fleet") -> FleetHandle:
+    argv = [
+        sys.executable,
+        str(FLEET_SCRIPT),
+        "--port", str(port),
+        "--path", path,
+        "--connect-timeout", str(cfg.connect_timeout),
+        "--round-timeout", str(cfg.round_timeout),
+    ]
+    if cfg.fleet_cpu is not None:
+        argv += ["--cpu", str(cfg.fleet_cpu)]
+    proc = procs.start(name, argv, stdin_pipe=True, stdout_pipe=True)
+    return FleetHandle(proc)
+
+
+# --------------------------------------------------------------------------- publisher
+
+
+class Publisher:
+    """One keep-alive HTTP connection firing POSTs back-to-back (each awaits only its 200)."""
+
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str], timeout: float) -> None:
+        self.path = path
+        self.headers = {"Content-Type": "application/json", **headers}
+        self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def publish(self, body: bytes) -> dict:
+        self.conn.request("POST", self.path, body=body, headers=self.headers)
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"publish -> HTTP {resp.status}: {data[:300]!r}")
+        return json.loads(data) if data else {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------- results + summary
+
+
+@dataclass
+class FanoutResult:
+    server: str
+    connections: int
+    messages: int
+    #: Per measured round: N*M / (last frame parsed - first trigger fired).
+    deliveries_per_s: list[float] = field(default_factory=list)
+    #: Per round: server process CPU (user+sys, all threads) / deliveries.
+    server_cpu_us_per_delivery: list[float] = field(default_factory=list)
+    #: Per round: server CPU seconds / round seconds (near 1.0 = the server was the bottleneck).
+    server_cpu_share: list[float] = field(default_factory=list)
+    #: Per round: busy time of the server's pinned core (softirq included) / round seconds.
+    server_core_busy_share: list[float] = field(default_factory=list)
+    #: Per round: busy time of the server's pinned core / deliveries.
+    server_core_us_per_delivery: list[float] = field(default_factory=list)
+    #: Per round: fleet CPU seconds / round seconds (near 1.0 = the fleet may be limiting).
+    fleet_cpu_share: list[float] = field(default_factory=list)
+    #: Per round: mean wall time of one publish POST (the servers answer after writing to everybody).
+    publish_ms: list[float] = field(default_factory=list)
+    connect_seconds: float = 0.0
+    #: Server CPU per connection during the connect phase (upgrade, auth, welcome, subscribe).
+    connect_server_cpu_us_per_conn: float = 0.0
+    server_rss_kb_idle: int = 0
+    server_rss_kb_connected: int = 0
+    frame_payload_bytes: int = 0
+    loadavg_before: float = 0.0
+    loadavg_after: float = 0.0
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.deliveries_per_s) if self.deliveries_per_s else 0.0
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.server_cpu_us_per_delivery) if self.server_cpu_us_per_delivery else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        med = lambda xs: round(statistics.median(xs), 3) if xs else None  # noqa: E731
+        return {
+            "server": self.server,
+            "connections": self.connections,
+            "messages_per_round": self.messages,
+            "rounds": len(self.deliveries_per_s),
+            "deliveries_per_s_median": round(self.median),
+            "deliveries_per_s": [round(x) for x in self.deliveries_per_s],
+            "server_cpu_us_per_delivery_median": med(self.server_cpu_us_per_delivery),
+            "server_cpu_us_per_delivery": [round(x, 2) for x in self.server_cpu_us_per_delivery],
+            "server_cpu_share_median": med(self.server_cpu_share),
+            "server_core_us_per_delivery_median": med(self.server_core_us_per_delivery),
+            "server_core_busy_share_median": med(self.server_core_busy_share),
+            "fleet_cpu_share_median": med(self.fleet_cpu_share),
+            "publish_call_ms_median": med(self.publish_ms),
+            "connect_seconds": round(self.connect_seconds, 3),
+            "connect_server_cpu_us_per_conn": round(self.connect_server_cpu_us_per_conn, 1),
+            "server_rss_kb_idle": self.server_rss_kb_idle,
+            "server_rss_kb_connected": self.server_rss_kb_connected,
+            "server_rss_bytes_per_connection": (
+                round((self.server_rss_kb_connected - self.server_rss_kb_idle) * 1024 / self.connections)
+                if self.server_rss_kb_connected
+                else None
+            ),
+            "frame_payload_bytes": self.frame_payload_bytes,
+            "loadavg_1min_before_after": [self.loadavg_before, self.loadavg_after],
+            "note": self.note,
+        }
+
+
+#: Filled by the fan-out benchmarks, printed and written by the terminal-summary hook.
+FANOUT_RESULTS: dict[str, FanoutResult] = {}
+
+TARGETS = {"fastgw/floor": 0.95, "fastgw/naive": 1.10}
+
+
+def loadavg1() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return 0.0
+
+
+def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]]:
+    """Table lines for the terminal and the JSON document for ``fanout-latest.json``."""
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in results and b in results and results[b].median > 0 and results[a].median > 0:
+            return results[a].median / results[b].median
+        return None
+
+    def cpu_ratio(a: str, b: str) -> float | None:  # >1 means a spends less CPU per delivery
+        if a in results and b in results and results[a].cpu_median > 0 and results[b].cpu_median > 0:
+            return results[b].cpu_median / results[a].cpu_median
+        return None
+
+    any_r = next(iter(results.values()))
+    lines = [
+        f"fan-out: {any_r.connections} connections x {any_r.messages} messages per round "
+        f"(frame payload {any_r.frame_payload_bytes} B); medians over the measured rounds",
+        f"{'server':<8} {'deliveries/s':>13} {'rounds':>6} {'proc us/dlv':>11} {'core us/dlv':>11} "
+        f"{'core busy':>9} {'fleet cpu':>9} {'load1 before/after':>19}",
+    ]
+    names = ("fastgw", "naive", "floor")
+    for name in names:
+        r = results.get(name)
+        if r is None:
+            lines.append(f"{name:<8} {'(not run)':>13}")
+            continue
+        d = r.as_dict()
+        lines.append(
+            f"{name:<8} {r.median:>13,.0f} {len(r.deliveries_per_s):>6} "
+            f"{d['server_cpu_us_per_delivery_median'] or 0:>11.2f} {d['server_core_us_per_delivery_median'] or 0:>11.2f} "
+            f"{d['server_core_busy_share_median'] or 0:>9.2f} {d['fleet_cpu_share_median'] or 0:>9.2f} "
+            f"{r.loadavg_before:>9.2f}/{r.loadavg_after:<9.2f}"
+            + (f"  [{r.note}]" if r.note else "")
+        )
+    lines.append(f"{'connect':<8} {'seconds':>13} {'srv CPU us/conn':>16} {'srv RSS B/conn':>15}")
+    for name in names:
+        r = results.get(name)
+        if r is not None:
+            d = r.as_dict()
+            lines.append(f"{name:<8} {r.connect_seconds:>13.2f} {r.connect_server_cpu_us_per_conn:>16.0f} "
+                         f"{d['server_rss_bytes_per_connection'] or 0:>15}")
+    ratios = {"fastgw/floor": ratio("fastgw", "floor"), "fastgw/naive": ratio("fastgw", "naive"),
+              "naive/floor": ratio("naive", "floor")}
+    cpu_ratios = {"fastgw/floor": cpu_ratio("fastgw", "floor"), "fastgw/naive": cpu_ratio("fastgw", "naive"),
+                  "naive/floor": cpu_ratio("naive", "floor")}
+    lines.append(f"{'ratio':<13} {'deliveries/s':>12} {'proc CPU/dlv, inverse':>22}")
+    for k, v in ratios.items():
+        c = cpu_ratios[k]
+        tgt = ""
+        if k in TARGETS and v is not None:
+            tgt = f"   target >= {TARGETS[k]:.2f} on deliveries/s: {'met' if v >= TARGETS[k] else 'not met'}"
+        lines.append(f"{k:<13} {('%.3f' % v) if v is not None else 'n/a':>12} "
+                     f"{('%.3f' % c) if c is not None else 'n/a':>22}{tgt}")
+    doc = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "env": {k: v for k, v in os.environ.items() if k.startswith("FASTGW_BENCH_")},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
+                    "kernel": os.uname().release},
+        "results": {k: v.as_dict() for k, v in results.items()},
+        "ratios_deliveries_per_s": {k: (round(v, 4) if v is not None else None) for k, v in ratios.items()},
+        "ratios_cpu_per_delivery_inverse": {k: (round(v, 4) if v is not None else None)
+                                            for k, v in cpu_ratios.items()},
+        "targets": TARGETS,
+    }
+    return lines, doc
+
+
+def fastgw_command() -> list[str]:
+    """The ``fastgw`` console script of this interpreter's environment."""
+    candidate = Path(sys.executable).with_name("fastgw")
+    if candidate.exists():
+        return [str(candidate)]
+    found = shutil.which("fastgw")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from fastgw.cli import main; sys.exit(main())"]
+
+
+def fastgw_available() -> tuple[bool, str]:
+    try:
+        r = subprocess.run(fastgw_command() + ["serve", "--help"], capture_output=True, timeout=30,
+                           cwd=str(REPO_DIR))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, repr(exc)
+    if r.returncode != 0:
+        return False, (r.stderr or r.stdout).decode("utf-8", "replace")[-500:]
+    return True, ""
+
+
+# --------------------------------------------------------------------------- servers under test
+
+HOST = "127.0.0.1"
+JWT_SECRET = "bench-secret-not-for-production-0123456789abcdef"
+
+
+PUBLISH_BODY = _orjson.dumps({"channel": CHANNEL, "message": bench_payload()})
+
+
+@dataclass
+class Target:
+    name: str
+    pid: int
+    port: int
+    ws_path: str
+    publish_path: str
+    headers: dict[str, str]
+    info: str = ""  # e.g. fastgw's "core=cython" from its start-up log line
+
+
+def _fastgw_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["FASTGW_JWT_SECRET"] = JWT_SECRET
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _fastgw_token(*extra: str) -> str:
+    r = subprocess.run(
+        fastgw_command() + ["token", *extra],
+        capture_output=True,
+        timeout=30,
+        env=_fastgw_env(),
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"fastgw token {' '.join(extra)} failed: {r.stderr.decode(errors='replace')[-500:]}")
+    return r.stdout.decode().strip().splitlines()[-1].strip()
+
+
+class Unavailable(Exception):
+    """The server under test cannot be started here (e.g. fastgw not installed yet)."""
+
+
+def start_fastgw(procs: Procs, cfg: BenchConfig) -> Target:
+    ok, why = fastgw_available()
+    if not ok:
+        raise Unavailable(f"`fastgw serve --help` does not work yet: {why.strip()[-200:]}")
+    admin = _fastgw_token("--sub", "bench", "--admin")
+    client = _fastgw_token("--sub", "u1")
+    port = free_port()
+    argv = fastgw_command() + [
+        "serve", "--host", HOST, "--port", str(port), "--jwt-secret", JWT_SECRET,
+        "--no-simulator", "--max-connections", "20000",
+    ]
+    proc = procs.start("fastgw", argv, env=_fastgw_env(), cpu=cfg.server_cpu)
+    wait_ready(proc, HOST, port, "/readyz", timeout=30.0)
+    found = re.search(r"core=(\w+)", proc.log_tail())
+    return Target("fastgw", proc.pid, port, f"/ws?token={client}", "/api/publish",
+                  {"Authorization": f"Bearer {admin}"}, info=f"core={found.group(1)}" if found else "")
+
+
+def start_peer(script: str, name: str):
+    def start(procs: Procs, cfg: BenchConfig) -> Target:
+        port = free_port()
+        argv = [sys.executable, str(PEERS_DIR / script), "--host", HOST, "--port", str(port)]
+        proc = procs.start(name, argv, cpu=cfg.server_cpu)
+        wait_ready(proc, HOST, port, "/readyz", timeout=30.0)
+        return Target(name, proc.pid, port, "/ws", "/publish", {})
+
+    return start
+
+
+SERVERS = {
+    "fastgw": start_fastgw,
+    "naive": start_peer("naive_aiohttp.py", "naive"),
+    "floor": start_peer("floor_writes.py", "floor"),
+}
+
+
+# --------------------------------------------------------------------------- one round
+
+@dataclass
+class RoundRecord:
+    deliveries_per_s: float
+    server_cpu_us_per_delivery: float
+    server_cpu_share: float
+    fleet_cpu_share: float
+    publish_ms: float
+    server_core_busy_share: float
+    server_core_us_per_delivery: float
+
+
+def run_round(target: "Target", fleet: FleetHandle, publisher: Publisher, cfg: BenchConfig,
+              body: bytes = b"", log_tail=lambda: "") -> RoundRecord:
+    """Arm the fleet for M frames per connection, fire M POSTs back-to-back, wait for the last frame."""
+    n, m = cfg.connections, cfg.messages
+    body = body or PUBLISH_BODY
+    armed = fleet.arm(m, cfg.round_timeout)
+    if armed != n:
+        raise RuntimeError(f"{target.name}: only {armed}/{n} connections alive at round start ({fleet.stats()})")
+    s0 = proc_cpu_seconds(target.pid)
+    f0 = proc_cpu_seconds(fleet.proc.pid)
+    c0 = cpu_busy_seconds(cfg.server_cpu)
+    t0 = time.monotonic()
+    for _ in range(m):
+        publisher.publish(body)
+    t_pub = time.monotonic()
+    t_last, reply = fleet.wait_done(cfg.round_timeout)
+    if t_last is None:
+        raise RuntimeError(f"{target.name}: round did not complete: {reply}; fleet {fleet.stats()}\n"
+                           f"server log tail:\n{log_tail()}")
+    s1 = proc_cpu_seconds(target.pid)
+    f1 = proc_cpu_seconds(fleet.proc.pid)
+    c1 = cpu_busy_seconds(cfg.server_cpu)
+    elapsed = max(t_last - t0, 1e-9)
+    d = n * m
+    return RoundRecord(d / elapsed, (s1 - s0) * 1e6 / d, (s1 - s0) / elapsed, (f1 - f0) / elapsed,
+                       (t_pub - t0) * 1e3 / m, (c1 - c0) / elapsed, (c1 - c0) * 1e6 / d)
+
+
+def fill_result(result: FanoutResult, records: list[RoundRecord], cfg: BenchConfig) -> None:
+    result.deliveries_per_s = [r.deliveries_per_s for r in records]
+    result.server_cpu_us_per_delivery = [r.server_cpu_us_per_delivery for r in records]
+    result.server_cpu_share = [r.server_cpu_share for r in records]
+    result.fleet_cpu_share = [r.fleet_cpu_share for r in records]
+    result.publish_ms = [r.publish_ms for r in records]
+    if cfg.server_cpu is not None:
+        result.server_core_busy_share = [r.server_core_busy_share for r in records]
+        result.server_core_us_per_delivery = [r.server_core_us_per_delivery for r in records]

@@ -1,0 +1,74 @@
+"""Fixtures of the benchmarks (helpers are in ``_harness.py``).
+
+Run from the repository root::
+
+    pytest benchmarks                                   # full run, 10,000 connections
+    FASTGW_BENCH_CONNECTIONS=200 pytest benchmarks --benchmark-disable -q   # smoke, < 30 s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _harness  # noqa: E402
+from _harness import FANOUT_RESULTS, BenchConfig, Procs, load_config, summary  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bench_config() -> BenchConfig:
+    return load_config()
+
+
+@pytest.fixture
+def procs(tmp_path: Path):
+    """Processes started by one test; all stopped (each by its pid) at teardown, pass or fail."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture
+def pinned_controller(bench_config: BenchConfig):
+    """Run this (trigger-firing) process on the fleet's CPU so it never steals the server's core."""
+    if bench_config.fleet_cpu is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {bench_config.fleet_cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+@pytest.fixture(scope="session")
+def fanout_results() -> dict[str, _harness.FanoutResult]:
+    return FANOUT_RESULTS
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the fan-out table (also with --benchmark-disable) and write it as JSON."""
+    if not FANOUT_RESULTS:
+        return
+    lines, doc = summary(FANOUT_RESULTS)
+    terminalreporter.write_sep("=", "fan-out summary")
+    for line in lines:
+        terminalreporter.write_line(line)
+    path = load_config().results_path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, path)
+        terminalreporter.write_line(f"written to {path}")
+    except OSError as exc:
+        terminalreporter.write_line(f"could not write {path}: {exc}")

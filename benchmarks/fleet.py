@@ -1,0 +1,388 @@
+"""WebSocket client fleet for the fan-out benchmarks: many cheap loopback connections.
+
+Runs as its own process (the server under test is another process), on uvloop,
+with raw asyncio Protocols: no aiohttp client, no per-message objects. Each
+connection does the HTTP/1.1 upgrade, waits for the server's first data frame
+(the ``welcome``), sends one masked ``subscribe`` text frame and is *ready*
+when a data frame containing ``"subscribed"`` arrives. After that it only
+counts complete incoming data frames that carry ``channel_message`` (header
+parsed for 2/4/10-byte lengths; server frames are unmasked; pings get a pong).
+
+Controlled over stdin/stdout, one command per line, one reply line each::
+
+    connect N           -> ready <ok> <failed> <seconds> [<first error>]
+    expect K [TIMEOUT]  -> armed             (immediately), then later
+                           done <t_last> <seconds_since_armed>
+                           or timeout <reached>/<N> frames=<got>/<wanted> lost=<L>
+    stats               -> stats key=value ...
+    quit                -> bye               (closes every connection, exits)
+
+``t_last`` is ``time.monotonic()`` (CLOCK_MONOTONIC, comparable across
+processes on the same host) when the last expected frame was parsed, so the
+controller can time a round from the moment it fired the first trigger.
+
+Every wait is bounded: connects by ``--connect-timeout``, rounds by the
+TIMEOUT argument (default ``--round-timeout``), and the whole process exits
+when stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import socket
+import sys
+import time
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the project depends on uvloop
+    uvloop = None
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+MARKER = b"channel_message"
+SUBSCRIBED = b'"subscribed"'
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A final, masked client-to-server text frame (RFC 6455 §5.3)."""
+    return _masked_frame(payload, 0x1)
+
+
+def _masked_frame(payload: bytes, opcode: int) -> bytes:
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    key = os.urandom(4)
+    body = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+    return head + key + body
+
+
+class Fleet:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.conns: list[Client] = []
+        self.n_target = 0  # connections taking part in the current round
+        self.reached = 0
+        self.round_waiter: asyncio.Future | None = None
+        self.t_last = 0.0
+        self.lost = 0
+        self.errors: list[str] = []
+        self.total_frames = 0
+        self.last_payload_len = 0
+        self.control_frames = 0
+        self.other_frames = 0
+
+    def note_reached(self) -> None:
+        self.reached += 1
+        if self.reached >= self.n_target:
+            self.t_last = time.monotonic()
+            w = self.round_waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+
+
+class Client(asyncio.Protocol):
+    __slots__ = (
+        "fleet",
+        "transport",
+        "buf",
+        "upgraded",
+        "ready",
+        "subscribed_sent",
+        "count",
+        "target",
+        "hit",
+        "request",
+        "subscribe_frame",
+    )
+
+    def __init__(self, fleet: Fleet, request: bytes, subscribe_frame: bytes, ready: asyncio.Future) -> None:
+        self.fleet = fleet
+        self.transport = None
+        self.buf = b""
+        self.upgraded = False
+        self.ready = ready
+        self.subscribed_sent = False
+        self.count = 0
+        self.target = 1 << 62
+        self.hit = True
+        self.request = request
+        self.subscribe_frame = subscribe_frame
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        if self.upgraded and self.ready.done():
+            self.fleet.lost += 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"connection lost during setup: {exc!r}"))
+
+    def _fail(self, why: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(why))
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if not self.upgraded:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > 16384:
+                    self._fail("oversized handshake response")
+                else:
+                    self.buf = data
+                return
+            status = data[: data.find(b"\r\n")]
+            if b" 101 " not in status + b" ":
+                self._fail("upgrade refused: " + status.decode("latin-1", "replace"))
+                return
+            self.upgraded = True
+            data = data[end + 4 :]
+            if not data:
+                return
+        n = len(data)
+        i = 0
+        counted = 0
+        fleet = self.fleet
+        while n - i >= 2:
+            b0 = data[i]
+            b1 = data[i + 1]
+            ln = b1 & 0x7F
+            if ln < 126:
+                hl = 2
+            elif ln == 126:
+                if n - i < 4:
+                    break
+                ln = (data[i + 2] << 8) | data[i + 3]
+                hl = 4
+            else:
+                if n - i < 10:
+                    break
+                ln = int.from_bytes(data[i + 2 : i + 10], "big")
+                hl = 10
+            if b1 & 0x80:  # servers must not mask, but parse it anyway
+                hl += 4
+            start = i + hl
+            end = start + ln
+            if end > n:
+                break
+            op = b0 & 0x0F
+            if op >= 8:
+                fleet.control_frames += 1
+                if op == 0x9 and self.transport is not None:  # ping -> pong
+                    self.transport.write(_masked_frame(data[start:end], 0xA))
+                elif op == 0x8:
+                    self._fail("close frame from server: " + data[start:end][:64].hex())
+                    return
+            elif b0 & 0x80:  # final data frame
+                if data.find(MARKER, start, end) >= 0:
+                    counted += 1
+                    fleet.last_payload_len = ln
+                elif not self.ready.done():
+                    if not self.subscribed_sent:
+                        self.subscribed_sent = True
+                        self.transport.write(self.subscribe_frame)
+                    elif data.find(SUBSCRIBED, start, end) >= 0:
+                        self.ready.set_result(None)
+                    else:
+                        fleet.other_frames += 1
+                else:
+                    fleet.other_frames += 1
+            i = end
+        if i < n:
+            self.buf = data[i:]
+        if counted:
+            fleet.total_frames += counted
+            self.count += counted
+            if not self.hit and self.count >= self.target:
+                self.hit = True
+                fleet.note_reached()
+
+
+async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
+    args = fleet.args
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(args.concurrency)
+    path = args.path
+    host_hdr = f"{args.host}:{args.port}"
+    subscribe = masked_text_frame(args.subscribe.encode())
+    sources = [s for s in args.sources.split(",") if s] if args.sources else []
+    failed = 0
+    first_error = ""
+    t0 = time.monotonic()
+    deadline = t0 + args.connect_timeout
+
+    async def one(idx: int) -> None:
+        nonlocal failed, first_error
+        async with sem:
+            key = base64.b64encode(os.urandom(16)).decode()
+            req = (
+                f"GET {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+            last_exc: BaseException | None = None
+            for _attempt in range(3):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    last_exc = TimeoutError("connect deadline passed")
+                    break
+                ready = loop.create_future()
+                proto_factory = lambda: Client(fleet, req, subscribe, ready)  # noqa: E731
+                transport = None
+                try:
+                    if sources:
+                        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                        sock.bind((sources[idx % len(sources)], 0))
+                        sock.setblocking(False)
+                        try:
+                            await asyncio.wait_for(loop.sock_connect(sock, (args.host, args.port)), remaining)
+                        except BaseException:
+                            sock.close()
+                            raise
+                        transport, proto = await loop.create_connection(proto_factory, sock=sock)
+                    else:
+                        transport, proto = await asyncio.wait_for(
+                            loop.create_connection(proto_factory, args.host, args.port), remaining
+                        )
+                    await asyncio.wait_for(ready, max(0.01, deadline - time.monotonic()))
+                    transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    fleet.conns.append(proto)
+                    return
+                except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+                    last_exc = exc
+                    if transport is not None:
+                        transport.close()
+                    await asyncio.sleep(0.05)
+            failed += 1
+            if not first_error:
+                first_error = repr(last_exc)[:200]
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return len(fleet.conns), failed, time.monotonic() - t0, first_error
+
+
+async def expect(fleet: Fleet, k: int, timeout: float, out) -> None:
+    loop = asyncio.get_running_loop()
+    conns = [c for c in fleet.conns if c.transport is not None]
+    fleet.n_target = len(conns)
+    fleet.reached = 0
+    fleet.t_last = 0.0
+    waiter = loop.create_future()
+    fleet.round_waiter = waiter
+    base_total = fleet.total_frames
+    for c in conns:
+        c.target = c.count + k
+        c.hit = False
+    t_armed = time.monotonic()
+    out(f"armed {len(conns)}")
+    if not conns:
+        waiter.set_result(None)
+    try:
+        await asyncio.wait_for(waiter, timeout)
+        out(f"done {fleet.t_last:.6f} {fleet.t_last - t_armed:.6f}")
+    except asyncio.TimeoutError:
+        got = fleet.total_frames - base_total
+        out(f"timeout {fleet.reached}/{fleet.n_target} frames={got}/{k * fleet.n_target} lost={fleet.lost}")
+        for c in conns:  # stop counting this round
+            c.hit = True
+    finally:
+        fleet.round_waiter = None
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    fleet = Fleet(args)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    round_task: asyncio.Task | None = None
+    try:
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                break  # controller went away
+            parts = raw.decode().split()
+            if not parts:
+                continue
+            cmd = parts[0]
+            if cmd == "connect":
+                ok, failed, secs, err = await connect_all(fleet, int(parts[1]))
+                out(f"ready {ok} {failed} {secs:.3f} {err}".rstrip())
+            elif cmd == "expect":
+                if round_task is not None and not round_task.done():
+                    out("error round already running")
+                    continue
+                timeout = float(parts[2]) if len(parts) > 2 else args.round_timeout
+                round_task = asyncio.ensure_future(expect(fleet, int(parts[1]), timeout, out))
+            elif cmd == "stats":
+                alive = sum(1 for c in fleet.conns if c.transport is not None)
+                out(
+                    f"stats conns={len(fleet.conns)} alive={alive} lost={fleet.lost} "
+                    f"frames={fleet.total_frames} payload_len={fleet.last_payload_len} "
+                    f"control={fleet.control_frames} other={fleet.other_frames} cpu={cpu_seconds():.3f}"
+                )
+            elif cmd == "quit":
+                break
+            else:
+                out(f"error unknown command {cmd!r}")
+    finally:
+        if round_task is not None:
+            round_task.cancel()
+        for c in fleet.conns:
+            if c.transport is not None:
+                c.transport.abort()
+        out("bye")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/ws", help="request target, including any ?token=...")
+    p.add_argument(
+        "--subscribe",
+        default='{"type":"subscribe","id":"1","channel":"route:500-D:UP"}',
+        help="text sent once the first data frame (welcome) arrived",
+    )
+    p.add_argument("--concurrency", type=int, default=500, help="handshakes in flight")
+    p.add_argument("--connect-timeout", type=float, default=120.0)
+    p.add_argument("--round-timeout", type=float, default=60.0)
+    p.add_argument("--sources", default="", help="comma-separated 127.0.0.x source addresses")
+    p.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
+    args = p.parse_args()
+    if args.cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {args.cpu})
+    if uvloop is not None:
+        uvloop.install()
+    try:
+        asyncio.run(main_async(args))
+    except KeyboardInterrupt:  # stopped by the harness: no traceback in the log
+        pass
+
+
+if __name__ == "__main__":
+    main()

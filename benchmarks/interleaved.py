@@ -1,0 +1,139 @@
+"""Fan-out A/B with interleaved rounds: all servers up at once, one round each in turn.
+
+The pytest benchmarks (``test_bench_fanout.py``) measure the servers one after
+the other; on a shared 2-core machine background load drifts between them and
+moves the ratios. This script keeps every server and its fleet connected at the
+same time and runs round 1 of each, then round 2 of each (the order rotates
+every round), so drift hits all of them alike. Same fleet, same trigger, same
+round definition and the same summary table as the pytest run.
+
+    python benchmarks/interleaved.py                       # fastgw naive floor, 5 rounds (+1 warm-up)
+    python benchmarks/interleaved.py --rounds 9 floor fastgw
+    FASTGW_BENCH_CONNECTIONS=2000 python benchmarks/interleaved.py
+
+Needs 2 fds per connection per server across processes (each server and each
+fleet holds N); N <= 19,000 as for the pytest run. Writes
+``benchmarks/results/fanout-interleaved-latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (  # noqa: E402
+    BENCH_DIR,
+    HOST,
+    SERVERS,
+    FanoutResult,
+    Procs,
+    Publisher,
+    RoundRecord,
+    fill_result,
+    load_config,
+    loadavg1,
+    proc_cpu_seconds,
+    proc_rss_kb,
+    run_round,
+    start_fleet,
+    summary,
+)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("servers", nargs="*", help=f"any of {', '.join(SERVERS)} (default: all)")
+    p.add_argument("--rounds", type=int, default=5, help="measured rounds per server")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up rounds per server (not counted)")
+    p.add_argument("--output", default=str(BENCH_DIR / "results" / "fanout-interleaved-latest.json"))
+    args = p.parse_args()
+    args.servers = args.servers or list(SERVERS)
+    unknown = [s for s in args.servers if s not in SERVERS]
+    if unknown:
+        p.error(f"unknown server(s) {unknown}; choose from {list(SERVERS)}")
+    cfg = load_config()
+    n, m = cfg.connections, cfg.messages
+    log_dir = Path(tempfile.mkdtemp(prefix="fastgw-interleaved-"))
+    procs = Procs(log_dir)
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if cfg.fleet_cpu is not None:
+        os.sched_setaffinity(0, {cfg.fleet_cpu})  # the trigger never runs on the server's core
+    setups = {}
+    ok_run = False
+    results: dict[str, FanoutResult] = {}
+    records: dict[str, list[RoundRecord]] = {}
+    try:
+        for name in args.servers:
+            target = SERVERS[name](procs, cfg)
+            server_proc = procs.started[-1]
+            res = FanoutResult(server=name, connections=n, messages=m, loadavg_before=loadavg1())
+            res.server_rss_kb_idle = proc_rss_kb(target.pid)
+            fleet = start_fleet(procs, cfg, target.port, target.ws_path, name=f"fleet-{name}")
+            cpu0 = proc_cpu_seconds(target.pid)
+            ok, failed, secs, err = fleet.connect(n, cfg.connect_timeout)
+            if failed or ok != n:
+                raise RuntimeError(f"{name}: only {ok}/{n} connected ({failed} failed: {err})\n"
+                                   f"{server_proc.log_tail()}")
+            res.connect_seconds = secs
+            res.connect_server_cpu_us_per_conn = (proc_cpu_seconds(target.pid) - cpu0) * 1e6 / n
+            time.sleep(0.5)
+            res.server_rss_kb_connected = proc_rss_kb(target.pid)
+            publisher = Publisher(HOST, target.port, target.publish_path, target.headers, timeout=cfg.round_timeout)
+            setups[name] = (target, fleet, publisher, server_proc)
+            results[name] = res
+            records[name] = []
+            print(f"{name}: {n} connected in {secs:.2f}s", flush=True)
+
+        names = list(setups)
+        for r in range(args.warmup + args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                target, fleet, publisher, server_proc = setups[name]
+                rec = run_round(target, fleet, publisher, cfg, log_tail=server_proc.log_tail)
+                if r >= args.warmup:
+                    records[name].append(rec)
+                time.sleep(0.1)
+            done = ", ".join(f"{k} {records[k][-1].deliveries_per_s:,.0f}" for k in names if records[k])
+            print(f"round {r + 1}/{args.warmup + args.rounds}{' (warm-up)' if r < args.warmup else ''}: {done}",
+                  flush=True)
+
+        for name, (target, fleet, publisher, _) in setups.items():
+            res = results[name]
+            fill_result(res, records[name], cfg)
+            res.loadavg_after = loadavg1()
+            stats = fleet.stats()
+            res.frame_payload_bytes = int(stats.get("payload_len", 0))
+            res.note = " ".join(x for x in (target.info, f"{stats['lost']} connections lost"
+                                            if int(stats.get("lost", 0)) else "") if x)
+        lines, doc = summary(results)
+        doc["mode"] = f"interleaved, {args.rounds} measured rounds + {args.warmup} warm-up per server"
+        print("\n".join(lines))
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"written to {out}")
+        ok_run = True
+        return 0
+    finally:
+        for target, fleet, publisher, _ in setups.values():
+            publisher.close()
+            fleet.quit()
+        procs.stop_all()
+        if before is not None:
+            os.sched_setaffinity(0, before)
+        if ok_run:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            print(f"process logs kept in {log_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Command line: ``fastgw serve`` and ``fastgw token``. Every flag is also ``FASTGW_<NAME>``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from fastgw import __version__
+from fastgw.config import Config, system_somaxconn
+
+
+def _read_key(value: str | None) -> str | None:
+    """A key given inline (PEM text) or as a path to a PEM file."""
+    if not value:
+        return None
+    if "-----BEGIN" in value:
+        return value
+    return Path(value).read_text()
+
+
+@click.group()
+@click.version_option(__version__, prog_name="fastgw")
+def main() -> None:
+    """fastgw: real-time WebSocket gateway for the BMTC transit app."""
+
+
+@main.command()
+@click.option("--host", envvar="FASTGW_HOST", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", envvar="FASTGW_PORT", default=8080, show_default=True, type=int)
+@click.option("--max-connections", envvar="FASTGW_MAX_CONNECTIONS", default=10_000, show_default=True, type=int,
+              help="Open WebSockets beyond which upgrades get HTTP 503 + Retry-After.")
+@click.option("--jwt-secret", envvar="FASTGW_JWT_SECRET", default=None, help="HS256 secret for client tokens.")
+@click.option("--jwt-public-key", envvar="FASTGW_JWT_PUBLIC_KEY", default=None,
+              help="RS256 public key: PEM text or a path to a PEM file.")
+@click.option("--allow-anonymous/--no-allow-anonymous", envvar="FASTGW_ALLOW_ANONYMOUS", default=False,
+              help="Public channels without a token (always on when no key is configured).")
+@click.option("--no-simulator", envvar="FASTGW_NO_SIMULATOR", is_flag=True, default=False,
+              help="Do not run the built-in BMTC bus simulator.")
+@click.option("--simulator-buses", envvar="FASTGW_SIMULATOR_BUSES", default=200, show_default=True, type=int)
+@click.option("--heartbeat", envvar="FASTGW_HEARTBEAT", default=30.0, show_default=True, type=float,
+              help="Seconds between pings; no pong within half of it closes the connection.")
+@click.option("--max-subscriptions", envvar="FASTGW_MAX_SUBSCRIPTIONS", default=64, show_default=True, type=int)
+@click.option("--max-frame-size", envvar="FASTGW_MAX_FRAME_SIZE", default=65536, show_default=True, type=int,
+              help="Largest client frame in bytes; larger ones close with 1009.")
+@click.option("--outbound-limit", envvar="FASTGW_OUTBOUND_LIMIT", default=1024 * 1024, show_default=True, type=int,
+              help="Bytes buffered per connection before it is closed as a slow consumer (4008).")
+@click.option("--backlog", envvar="FASTGW_BACKLOG", default=None, type=int,
+              help="Listen backlog [default: net.core.somaxconn].")
+@click.option("--log-level", envvar="FASTGW_LOG_LEVEL", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(
+    host: str, port: int, max_connections: int, jwt_secret: str | None, jwt_public_key: str | None,
+    allow_anonymous: bool, no_simulator: bool, simulator_buses: int, heartbeat: float,
+    max_subscriptions: int, max_frame_size: int, outbound_limit: int, backlog: int | None, log_level: str,
+) -> None:
+    """Run the gateway (single node, in-memory broker, built-in simulator by default)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = Config(
+            host=host, port=port, max_connections=max_connections, jwt_secret=jwt_secret,
+            jwt_public_key=_read_key(jwt_public_key), allow_anonymous=allow_anonymous,
+            simulator=not no_simulator, simulator_buses=simulator_buses, heartbeat=heartbeat,
+            max_subscriptions=max_subscriptions, max_frame_size=max_frame_size, outbound_limit=outbound_limit,
+            backlog=backlog or system_somaxconn(),
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not config.auth_configured:
+        logging.getLogger("fastgw").warning(
+            "no --jwt-secret or --jwt-public-key: anonymous access to public channels only; "
+            "user, admin channels and /api/publish are unavailable"
+        )
+    _run(config)
+
+
+def _run(config: Config) -> None:
+    from fastgw.server import Gateway
+
+    async def serve_until_signalled() -> None:
+        gateway = Gateway(config)
+        await gateway.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("fastgw").info("stopping: closing %d connections", len(gateway.connections))
+        await gateway.stop()
+
+    try:
+        import uvloop
+    except ImportError:  # non-Linux platforms: the standard loop works, slower
+        asyncio.run(serve_until_signalled())
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve_until_signalled())
+
+
+@main.command()
+@click.option("--sub", required=True, help="User id (the token's subject).")
+@click.option("--admin", is_flag=True, default=False, help="Mark the token as an admin token.")
+@click.option("--ttl", default=3600, show_default=True, type=int, help="Seconds until the token expires.")
+@click.option("--jwt-secret", envvar="FASTGW_JWT_SECRET", default=None, help="HS256 secret (as for serve).")
+@click.option("--jwt-private-key", envvar="FASTGW_JWT_PRIVATE_KEY", default=None,
+              help="RS256 private key: PEM text or a path to a PEM file.")
+def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_key: str | None) -> None:
+    """Print a signed JWT for the configured secret or private key."""
+    from fastgw.auth import mint_token
+
+    if not jwt_secret and not jwt_private_key:
+        raise click.UsageError("set --jwt-secret (or FASTGW_JWT_SECRET) or --jwt-private-key")
+    try:
+        click.echo(mint_token(sub, secret=jwt_secret, private_key=_read_key(jwt_private_key), admin=admin, ttl=ttl))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

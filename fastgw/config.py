@@ -1,0 +1,82 @@
+"""Gateway configuration: one frozen value built from CLI flags and ``FASTGW_*`` env vars."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+__all__ = ["Config", "system_somaxconn"]
+
+
+def system_somaxconn(default: int = 4096) -> int:
+    """The kernel's listen-backlog ceiling (``net.core.somaxconn``).
+
+    aiohttp's default backlog of 128 drops SYNs when hundreds of clients
+    reconnect at once, and each dropped client then waits a full second.
+    """
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return default
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a gateway instance needs to know; see ``docs/operations.md``."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    #: Beyond this many open WebSockets the upgrade is refused with 503 + Retry-After.
+    max_connections: int = 10_000
+    #: HS256 shared secret. Mutually exclusive with ``jwt_public_key``.
+    jwt_secret: str | None = None
+    #: RS256 public key (PEM text).
+    jwt_public_key: str | None = None
+    #: Let clients without a token subscribe to public channels.
+    allow_anonymous: bool = False
+    #: Run the built-in BMTC bus simulator (embedded single-node mode).
+    simulator: bool = True
+    simulator_buses: int = 200
+    simulator_interval: float = 1.0
+    #: Seconds between WebSocket pings; a pong must arrive within half of it.
+    heartbeat: float = 30.0
+    max_subscriptions: int = 64
+    #: Largest client frame accepted; larger ones close the connection with 1009.
+    max_frame_size: int = 64 * 1024
+    #: Bytes a connection may have queued in its socket buffer before it is
+    #: disconnected as a slow consumer (close 4008).
+    outbound_limit: int = 1024 * 1024
+    #: Seconds a slow consumer's socket may take to flush its close frame.
+    slow_close_grace: float = 2.0
+    #: Client requests per second (token bucket) and burst size.
+    client_rate: float = 20.0
+    client_burst: int = 40
+    #: Requests over the rate, answered with errors, before the close with 1008.
+    client_strikes: int = 10
+    #: Listen backlog; defaults to the system maximum.
+    backlog: int = field(default_factory=system_somaxconn)
+    #: Seconds advertised in Retry-After when the instance refuses a connection.
+    retry_after: int = 5
+    node_id: str = field(default_factory=lambda: os.urandom(4).hex())
+
+    def __post_init__(self) -> None:
+        if self.jwt_secret and self.jwt_public_key:
+            raise ValueError("choose one of jwt_secret (HS256) and jwt_public_key (RS256)")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if self.heartbeat <= 0:
+            raise ValueError("heartbeat must be positive")
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key)
+
+    @property
+    def anonymous_enabled(self) -> bool:
+        """Anonymous access is on when asked for, or when no key is configured at all
+        (a fresh ``fastgw serve`` then shows public channels; nothing else is reachable)."""
+        return self.allow_anonymous or not self.auth_configured
+
+    def with_(self, **changes: object) -> "Config":
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,67 @@
+"""One client connection as the hub sees it: a transport, a principal, subscriptions.
+
+The hub writes pre-built frames straight to ``transport`` (see ``fastgw.core``).
+The socket's own write buffer is the outbound queue; ``outbound_limit`` bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Callable
+
+from fastgw.channels import Principal
+from fastgw.stats import CloseReason
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = ["Connection"]
+
+
+class Connection:
+    """A subscriber. Its identity (hash/eq) is the object itself."""
+
+    __slots__ = (
+        "session_id",
+        "principal",
+        "transport",
+        "outbound_limit",
+        "subscriptions",
+        "close_reason",
+        "_core",
+        "_on_overflow",
+    )
+
+    def __init__(
+        self,
+        session_id: str,
+        principal: Principal,
+        transport: asyncio.Transport,
+        *,
+        outbound_limit: int,
+        core: "ModuleType",
+        on_overflow: Callable[["Connection"], None],
+    ) -> None:
+        self.session_id = session_id
+        self.principal = principal
+        self.transport: asyncio.Transport | None = transport
+        self.outbound_limit = outbound_limit
+        #: channel name → message-type filter (None = every type)
+        self.subscriptions: dict[str, frozenset[str] | None] = {}
+        self.close_reason: CloseReason | None = None
+        self._core = core
+        self._on_overflow = on_overflow
+
+    def send(self, payload: bytes) -> bool:
+        """Frame ``payload`` as one text frame and write it, under the outbound limit."""
+        written, overflowed = self._core.fanout(self._core.build_frame(payload), (self,))
+        if overflowed:
+            self._on_overflow(self)
+        return bool(written)
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.session_id} user={self.principal.user_id!r}>"

@@ -1,0 +1,151 @@
+"""Native protocol v1 codec: client text in, commands out; replies as bytes. No I/O.
+
+See docs/protocol.md. Every function here works on str/bytes and plain
+values, so the codec is tested with bytes alone and can be reused by other
+transports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Union
+
+import orjson
+
+from fastgw.messages import MESSAGE_TYPES
+
+__all__ = [
+    "ProtocolError",
+    "Subscribe",
+    "Unsubscribe",
+    "Ping",
+    "Command",
+    "parse_command",
+    "welcome",
+    "subscribed",
+    "unsubscribed",
+    "error",
+    "pong",
+    "channel_message",
+]
+
+MAX_ID_LENGTH = 64
+
+
+class ProtocolError(ValueError):
+    """The client sent something we cannot act on; answered with an ``error`` frame."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    id: str | None
+    channel: str
+    #: Message types this subscription receives; None means all of them.
+    types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    id: str | None
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: str | None
+
+
+Command = Union[Subscribe, Unsubscribe, Ping]
+
+
+def parse_command(text: str) -> Command:
+    """Parse one client text frame. Raises :class:`ProtocolError` (``bad_request``)."""
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_request", "invalid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", "expected a JSON object")
+    request_id = _request_id(obj.get("id"))
+    kind = obj.get("type")
+    if kind == "subscribe":
+        return Subscribe(request_id, _channel(obj, request_id), _types_filter(obj.get("filters"), request_id))
+    if kind == "unsubscribe":
+        return Unsubscribe(request_id, _channel(obj, request_id))
+    if kind == "ping":
+        return Ping(request_id)
+    raise ProtocolError("bad_request", f"unknown message type {kind!r}", request_id)
+
+
+def _request_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > MAX_ID_LENGTH:
+        raise ProtocolError("bad_request", f"id must be a string of at most {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _channel(obj: dict[str, Any], request_id: str | None) -> str:
+    channel = obj.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise ProtocolError("bad_request", "channel must be a non-empty string", request_id)
+    return channel
+
+
+def _types_filter(filters: Any, request_id: str | None) -> frozenset[str] | None:
+    if filters is None:
+        return None
+    if not isinstance(filters, dict):
+        raise ProtocolError("bad_request", "filters must be an object", request_id)
+    unknown = set(filters) - {"types"}
+    if unknown:
+        raise ProtocolError("bad_request", f"unsupported filter(s): {', '.join(sorted(unknown))}", request_id)
+    types = filters.get("types")
+    if types is None:
+        return None
+    if not isinstance(types, list) or not types or not all(t in MESSAGE_TYPES for t in types):
+        raise ProtocolError(
+            "bad_request", f"filters.types must be a non-empty list of {sorted(MESSAGE_TYPES)}", request_id
+        )
+    return frozenset(types)
+
+
+# --- server → client -------------------------------------------------------
+
+
+def welcome(session_id: str, server_time: str, heartbeat: float) -> bytes:
+    hb: float | int = int(heartbeat) if float(heartbeat).is_integer() else heartbeat
+    return orjson.dumps({"type": "welcome", "sessionId": session_id, "serverTime": server_time, "heartbeat": hb})
+
+
+def subscribed(request_id: str | None, channel: str, subscriber_count: int) -> bytes:
+    return orjson.dumps(
+        {"type": "subscribed", "id": request_id, "channel": channel, "subscriberCount": subscriber_count}
+    )
+
+
+def unsubscribed(request_id: str | None, channel: str) -> bytes:
+    return orjson.dumps({"type": "unsubscribed", "id": request_id, "channel": channel})
+
+
+def error(request_id: str | None, code: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "id": request_id, "code": code, "message": message})
+
+
+def pong(request_id: str | None, server_time: str) -> bytes:
+    return orjson.dumps({"type": "pong", "id": request_id, "serverTime": server_time})
+
+
+def channel_message(channel: str, message: Any, timestamp: str, message_id: str) -> bytes:
+    """The envelope every subscriber of ``channel`` receives; encoded once per publish."""
+    return orjson.dumps(
+        {"type": "channel_message", "channel": channel, "message": message, "timestamp": timestamp, "messageId": message_id}
+    )

@@ -1,0 +1,338 @@
+"""The gateway process: aiohttp routes, WebSocket upgrade, auth, lifecycle. Kept thin.
+
+Protocol decoding lives in ``protocol.native``, fan-out in ``hub``, the bytes
+hot path in ``core``; this module wires them to sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from types import ModuleType
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from fastgw import core as default_core
+from fastgw.auth import AuthError, Authenticator, token_from_request_parts
+from fastgw.channels import InvalidChannel, Principal, can_subscribe, parse_channel
+from fastgw.config import Config
+from fastgw.connection import Connection
+from fastgw.engines.base import Broker
+from fastgw.engines.memory import MemoryBroker
+from fastgw.hub import Hub
+from fastgw.messages import MESSAGE_TYPES, MessageIds, iso_now
+from fastgw.protocol import native
+from fastgw.ratelimit import TokenBucket
+from fastgw.stats import CloseReason, Stats
+
+__all__ = ["Gateway", "CLOSE_SLOW_CONSUMER"]
+
+log = logging.getLogger("fastgw.server")
+
+#: Private-use close code: the client did not read fast enough.
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class Gateway:
+    """One gateway instance. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: Config, *, core: ModuleType = default_core, broker: Broker | None = None) -> None:
+        self.config = config
+        self.core = core
+        self.stats = Stats()
+        self.broker: Broker = broker or MemoryBroker()
+        self.hub = Hub(
+            self.broker,
+            stats=self.stats,
+            core=core,
+            ids=MessageIds(config.node_id),
+            on_overflow=self._drop_slow_consumer,
+        )
+        self.auth = Authenticator(
+            secret=config.jwt_secret,
+            public_key=config.jwt_public_key,
+            allow_anonymous=config.anonymous_enabled,
+        )
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._upgrading = 0  # upgrades in flight count toward the connection limit
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.port: int | None = None
+        self.app = self._build_app()
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024)
+        app.add_routes(
+            [
+                web.get("/ws", self._handle_ws),
+                web.post("/api/publish", self._handle_publish),
+                web.get("/api/stats", self._handle_stats),
+                web.get("/healthz", self._handle_healthz),
+                web.get("/readyz", self._handle_readyz),
+            ]
+        )
+        return app
+
+    async def start(self) -> int:
+        """Bind, listen with the configured backlog, start the simulator. Returns the port."""
+        cfg = self.config
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        sock = _listening_socket(cfg.host, cfg.port)
+        site = web.SockSite(self._runner, sock, backlog=cfg.backlog)
+        await site.start()
+        self.port = sock.getsockname()[1]
+        if cfg.simulator:
+            self._start_simulator()
+        log.info(
+            "fastgw listening on %s:%s (core=%s, anonymous=%s, simulator=%s)",
+            cfg.host, self.port, _implementation_name(self.core),
+            cfg.anonymous_enabled, cfg.simulator,
+        )
+        return self.port
+
+    def _start_simulator(self) -> None:
+        from fastgw.sources.simulator import Simulator
+
+        sim = Simulator(self.hub.publish, max_buses=self.config.simulator_buses, interval=self.config.simulator_interval)
+        self._tasks.append(asyncio.create_task(sim.run(), name="fastgw-simulator"))
+
+    async def stop(self) -> None:
+        """Refuse new connections, close open ones with 1001, release the port."""
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for conn in list(self.connections):
+            if conn.close_reason is None:
+                conn.close_reason = CloseReason.SHUTDOWN
+            self._close_now(conn, CLOSE_GOING_AWAY, "server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.broker.close()
+
+    # --- WebSocket ---------------------------------------------------------
+
+    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        cfg = self.config
+        if self.draining:
+            return self._refuse("draining", "instance is draining")
+        if len(self.connections) + self._upgrading >= cfg.max_connections:
+            return self._refuse("limit", "connection limit reached")
+        try:
+            principal = self.auth.authenticate(token_from_request_parts(request.headers, request.query))
+        except AuthError as exc:
+            self.stats.rejected["auth"] += 1
+            raise _unauthorized(exc.reason) from None
+
+        ws = web.WebSocketResponse(
+            heartbeat=cfg.heartbeat,
+            max_msg_size=cfg.max_frame_size,
+            compress=False,  # frames are pre-built and shared: no per-socket deflate state
+        )
+        self._upgrading += 1
+        try:
+            await ws.prepare(request)
+        finally:
+            self._upgrading -= 1
+        transport = request.transport
+        if transport is None:  # client vanished during the handshake
+            return ws
+
+        conn = Connection(
+            secrets.token_urlsafe(12),
+            principal,
+            transport,  # type: ignore[arg-type]
+            outbound_limit=cfg.outbound_limit,
+            core=self.core,
+            on_overflow=self._drop_slow_consumer,
+        )
+        self.connections.add(conn)
+        self.stats.connections_opened += 1
+        self.stats.connections_active = len(self.connections)
+        try:
+            conn.send(native.welcome(conn.session_id, iso_now(), cfg.heartbeat))
+            await self._read_loop(ws, conn)
+        finally:
+            self.hub.remove(conn)
+            self.connections.discard(conn)
+            self.stats.connections_active = len(self.connections)
+            self.stats.connections_closed[(conn.close_reason or CloseReason.NORMAL).value] += 1
+        return ws
+
+    async def _read_loop(self, ws: web.WebSocketResponse, conn: Connection) -> None:
+        cfg = self.config
+        bucket = TokenBucket(cfg.client_rate, cfg.client_burst)
+        strikes = 0
+        async for msg in ws:
+            if conn.close_reason is not None:
+                return
+            if msg.type is WSMsgType.TEXT:
+                if bucket.take():
+                    self._handle_command(conn, msg.data)
+                    continue
+                strikes += 1
+                conn.send(native.error(None, "rate_limited", f"more than {cfg.client_rate:g} requests/s"))
+                if strikes >= cfg.client_strikes:
+                    conn.close_reason = CloseReason.FLOOD
+                    await ws.close(code=CLOSE_POLICY_VIOLATION, message=b"too many requests")
+                    return
+            elif msg.type is WSMsgType.BINARY:
+                conn.close_reason = CloseReason.PROTOCOL
+                await ws.close(code=CLOSE_UNSUPPORTED_DATA, message=b"binary frames are not accepted")
+                return
+            elif msg.type is WSMsgType.ERROR:
+                # aiohttp has already closed the socket with the right code (1009 for an
+                # oversized frame, 1002 for a malformed one).
+                conn.close_reason = CloseReason.PROTOCOL
+                return
+
+    def _handle_command(self, conn: Connection, text: str) -> None:
+        try:
+            cmd = native.parse_command(text)
+        except native.ProtocolError as exc:
+            conn.send(native.error(exc.request_id, exc.code, exc.message))
+            return
+        if isinstance(cmd, native.Subscribe):
+            conn.send(self._subscribe(conn, cmd))
+        elif isinstance(cmd, native.Unsubscribe):
+            self.hub.unsubscribe(conn, cmd.channel)
+            conn.send(native.unsubscribed(cmd.id, cmd.channel))
+        else:
+            conn.send(native.pong(cmd.id, iso_now()))
+
+    def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> bytes:
+        try:
+            channel = parse_channel(cmd.channel)
+        except InvalidChannel as exc:
+            return native.error(cmd.id, "invalid_channel", str(exc))
+        if not can_subscribe(channel, conn.principal):
+            return native.error(cmd.id, "forbidden", f"not allowed to subscribe to {channel.name}")
+        limit = self.config.max_subscriptions
+        if channel.name not in conn.subscriptions and len(conn.subscriptions) >= limit:
+            return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection")
+        count = self.hub.subscribe(conn, channel.name, cmd.types)
+        return native.subscribed(cmd.id, channel.name, count)
+
+    # --- closing -----------------------------------------------------------
+
+    def _drop_slow_consumer(self, conn: Connection) -> None:
+        if conn.close_reason is not None:
+            return
+        conn.close_reason = CloseReason.SLOW_CONSUMER
+        log.info("slow consumer %s: over %d buffered bytes, closing", conn.session_id, conn.outbound_limit)
+        self._close_now(conn, CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def _close_now(self, conn: Connection, code: int, reason: str) -> None:
+        """Queue a close frame behind what is buffered, close, and abort after a grace period.
+
+        Not ``ws.close()``: that waits for the client's close reply, and a slow
+        consumer is exactly the client that will not answer in time.
+        """
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        self.hub.remove(conn)  # nothing more is written to it
+        transport.write(self.core.build_close_frame(code, reason))
+        transport.close()
+        asyncio.get_running_loop().call_later(self.config.slow_close_grace, transport.abort)
+
+    # --- HTTP API ----------------------------------------------------------
+
+    def _admin(self, request: web.Request) -> Principal:
+        token = token_from_request_parts(request.headers, request.query)
+        if not token:
+            raise _unauthorized("missing token")
+        try:
+            principal = self.auth.authenticate(token)
+        except AuthError as exc:
+            raise _unauthorized(exc.reason) from None
+        if not principal.admin:
+            raise web.HTTPForbidden(text='{"error":"forbidden","message":"admin token required"}',
+                                    content_type="application/json")
+        return principal
+
+    async def _handle_publish(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _bad_request("body must be JSON")
+        if not isinstance(body, dict):
+            return _bad_request("body must be a JSON object")
+        try:
+            channel = parse_channel(body.get("channel"))
+        except InvalidChannel as exc:
+            return _bad_request(str(exc))
+        message = body.get("message")
+        if not isinstance(message, dict) or message.get("type") not in MESSAGE_TYPES:
+            return _bad_request(f"message must be an object whose type is one of {sorted(MESSAGE_TYPES)}")
+        message_id = self.hub.publish(channel.name, message)
+        return _json({"messageId": message_id, "channel": channel.name})
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        snapshot = self.stats.snapshot()
+        snapshot["channels"] = self.hub.channels()
+        snapshot["node"] = self.config.node_id
+        return _json(snapshot)
+
+    async def _handle_healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok", "node": self.config.node_id})
+
+    async def _handle_readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return _json({"status": "draining"}, status=503)
+        if len(self.connections) >= self.config.max_connections:
+            return _json({"status": "full", "connections": len(self.connections)}, status=503)
+        return _json({"status": "ready", "connections": len(self.connections)})
+
+    def _refuse(self, reason: str, message: str) -> web.Response:
+        self.stats.rejected[reason] += 1
+        return _json(
+            {"error": reason, "message": message},
+            status=503,
+            headers={"Retry-After": str(self.config.retry_after)},
+        )
+
+
+def _implementation_name(core: ModuleType) -> str:
+    name = getattr(core, "IMPLEMENTATION", None)  # the fastgw.core selector knows
+    return name or ("python" if core.__name__.endswith("_py") else "cython")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+def _json(obj: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers=headers, content_type="application/json")
+
+
+def _bad_request(message: str) -> web.Response:
+    return _json({"error": "bad_request", "message": message}, status=400)
+
+
+def _unauthorized(reason: str) -> web.HTTPUnauthorized:
+    return web.HTTPUnauthorized(
+        text=orjson.dumps({"error": "unauthorized", "message": reason}).decode(),
+        content_type="application/json",
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
