@@ -83,7 +83,10 @@ def _run(config: Config) -> None:
 
     async def serve_until_signalled() -> None:
         gateway = Gateway(config)
-        await gateway.start()
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
