@@ -704,8 +704,15 @@ def run_round(target: "Target", fleet: FleetHandle, publisher: Publisher, cfg: B
     f0 = proc_cpu_seconds(fleet.proc.pid)
     c0 = cpu_busy_seconds(cfg.server_cpu)
     t0 = time.monotonic()
-    for _ in range(m):
-        publisher.publish(body)
+    for i in range(m):
+        try:
+            publisher.publish(body)
+        except (OSError, http.client.HTTPException, RuntimeError) as exc:
+            alive = "alive" if _pid_alive(target.pid) else "NOT RUNNING"
+            raise RuntimeError(
+                f"{target.name}: publish {i + 1}/{m} failed: {exc!r}; server pid {target.pid} {alive}; "
+                f"fleet {fleet.stats()}\nserver log tail:\n{log_tail()}"
+            ) from exc
     t_pub = time.monotonic()
     t_last, reply = fleet.wait_done(cfg.round_timeout)
     if t_last is None:
@@ -718,6 +725,14 @@ def run_round(target: "Target", fleet: FleetHandle, publisher: Publisher, cfg: B
     d = n * m
     return RoundRecord(d / elapsed, (s1 - s0) * 1e6 / d, (s1 - s0) / elapsed, (f1 - f0) / elapsed,
                        (t_pub - t0) * 1e3 / m, (c1 - c0) / elapsed, (c1 - c0) * 1e6 / d)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def fill_result(result: FanoutResult, records: list[RoundRecord], cfg: BenchConfig) -> None:
