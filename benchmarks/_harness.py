@@ -43,7 +43,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 PEERS_DIR = BENCH_DIR / "peers"
 FLEET_SCRIPT = BENCH_DIR / "fleet.py"
-DEFAULT_RESULTS = BENCH_DIR / "results" / "fanout-latest.json"
+RESULTS_DIR = BENCH_DIR / "results"
+DEFAULT_RESULTS = RESULTS_DIR / "fanout-latest.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -113,6 +114,14 @@ def load_config() -> BenchConfig:
         raise pytest.UsageError("FASTGW_BENCH_CONNECTIONS must be 1..19000 (20,000 open files per process)")
     if m < 1:
         raise pytest.UsageError("FASTGW_BENCH_MESSAGES must be >= 1")
+    try:
+        import resource
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    except (ImportError, ValueError, OSError):
+        hard = -1
+    if 0 <= hard < n + 200:
+        raise pytest.UsageError(f"FASTGW_BENCH_CONNECTIONS={n} needs more open files than the hard limit ({hard})")
     server_cpu, fleet_cpu = _pin_defaults()
     return BenchConfig(
         connections=n,
@@ -530,7 +539,7 @@ def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]
         f"{'server':<8} {'deliveries/s':>13} {'rounds':>6} {'proc us/dlv':>11} {'core us/dlv':>11} "
         f"{'core busy':>9} {'fleet cpu':>9} {'load1 before/after':>19}",
     ]
-    names = ("fastgw", "naive", "floor")
+    names = ("fastgw", "naive", "floor") + tuple(k for k in results if k not in ("fastgw", "naive", "floor"))
     for name in names:
         r = results.get(name)
         if r is None:
@@ -551,10 +560,10 @@ def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]
             d = r.as_dict()
             lines.append(f"{name:<8} {r.connect_seconds:>13.2f} {r.connect_server_cpu_us_per_conn:>16.0f} "
                          f"{d['server_rss_bytes_per_connection'] or 0:>15}")
-    ratios = {"fastgw/floor": ratio("fastgw", "floor"), "fastgw/naive": ratio("fastgw", "naive"),
-              "naive/floor": ratio("naive", "floor")}
-    cpu_ratios = {"fastgw/floor": cpu_ratio("fastgw", "floor"), "fastgw/naive": cpu_ratio("fastgw", "naive"),
-                  "naive/floor": cpu_ratio("naive", "floor")}
+    pairs = [("fastgw", "floor"), ("fastgw", "naive"), ("naive", "floor")]
+    pairs += [(k, b) for k in names[3:] if k in results for b in ("floor", "naive", "fastgw")]
+    ratios = {f"{a}/{b}": ratio(a, b) for a, b in pairs}
+    cpu_ratios = {f"{a}/{b}": cpu_ratio(a, b) for a, b in pairs}
     lines.append(f"{'ratio':<13} {'deliveries/s':>12} {'proc CPU/dlv, inverse':>22}")
     for k, v in ratios.items():
         c = cpu_ratios[k]
@@ -643,7 +652,8 @@ class Unavailable(Exception):
     """The server under test cannot be started here (e.g. fastgw not installed yet)."""
 
 
-def start_fastgw(procs: Procs, cfg: BenchConfig) -> Target:
+def start_fastgw(procs: Procs, cfg: BenchConfig, *, name: str = "fastgw", extra_env: dict[str, str] | None = None
+                 ) -> Target:
     ok, why = fastgw_available()
     if not ok:
         raise Unavailable(f"`fastgw serve --help` does not work yet: {why.strip()[-200:]}")
@@ -654,11 +664,16 @@ def start_fastgw(procs: Procs, cfg: BenchConfig) -> Target:
         "serve", "--host", HOST, "--port", str(port), "--jwt-secret", JWT_SECRET,
         "--no-simulator", "--max-connections", "20000",
     ]
-    proc = procs.start("fastgw", argv, env=_fastgw_env(), cpu=cfg.server_cpu)
+    proc = procs.start(name, argv, env={**_fastgw_env(), **(extra_env or {})}, cpu=cfg.server_cpu)
     wait_ready(proc, HOST, port, "/readyz", timeout=30.0)
     found = re.search(r"core=(\w+)", proc.log_tail())
-    return Target("fastgw", proc.pid, port, f"/ws?token={client}", "/api/publish",
+    return Target(name, proc.pid, port, f"/ws?token={client}", "/api/publish",
                   {"Authorization": f"Bearer {admin}"}, info=f"core={found.group(1)}" if found else "")
+
+
+def start_fastgw_pure_python(procs: Procs, cfg: BenchConfig) -> Target:
+    """fastgw with ``FASTGW_NO_EXTENSIONS=1``: the pure-Python hot path (``fastgw._core_py``)."""
+    return start_fastgw(procs, cfg, name="fastgw-py", extra_env={"FASTGW_NO_EXTENSIONS": "1"})
 
 
 def start_peer(script: str, name: str):
@@ -672,11 +687,14 @@ def start_peer(script: str, name: str):
     return start
 
 
+#: The three servers of the pytest fan-out benchmark.
 SERVERS = {
     "fastgw": start_fastgw,
     "naive": start_peer("naive_aiohttp.py", "naive"),
     "floor": start_peer("floor_writes.py", "floor"),
 }
+#: Also selectable in ``interleaved.py``.
+EXTRA_SERVERS = {"fastgw-py": start_fastgw_pure_python}
 
 
 # --------------------------------------------------------------------------- one round

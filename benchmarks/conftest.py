@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness  # noqa: E402
-from _harness import FANOUT_RESULTS, BenchConfig, Procs, load_config, summary  # noqa: E402
+from _harness import FANOUT_RESULTS, RESULTS_DIR, BenchConfig, Procs, load_config, summary  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +29,17 @@ def bench_config() -> BenchConfig:
 
 
 @pytest.fixture
-def procs(tmp_path: Path):
-    """Processes started by one test; all stopped (each by its pid) at teardown, pass or fail."""
-    p = Procs(tmp_path)
+def procs(request):
+    """Processes started by one test; all stopped (each by its pid) at teardown, pass or fail.
+
+    Their logs go to ``benchmarks/results/logs/<test>/`` (git-ignored, replaced by the
+    next run of the same test), not to pytest's tmp dir: other pytest runs on the same
+    machine rotate that away, and a failed round's server log is what explains it.
+    """
+    log_dir = RESULTS_DIR / "logs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name).strip("_")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    p = Procs(log_dir)
     try:
         yield p
     finally:

@@ -304,6 +304,18 @@ async def expect(fleet: Fleet, k: int, timeout: float, out) -> None:
         fleet.round_waiter = None
 
 
+def raise_nofile_limit() -> None:
+    """Soft open-files limit up to the hard one (one fd per connection)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -376,6 +388,7 @@ def main() -> None:
     args = p.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+    raise_nofile_limit()
     if uvloop is not None:
         uvloop.install()
     try:

@@ -9,11 +9,13 @@ round definition and the same summary table as the pytest run.
 
     python benchmarks/interleaved.py                       # fastgw naive floor, 5 rounds (+1 warm-up)
     python benchmarks/interleaved.py --rounds 9 floor fastgw
+    python benchmarks/interleaved.py fastgw fastgw-py floor   # + fastgw on its pure-Python hot path
     FASTGW_BENCH_CONNECTIONS=2000 python benchmarks/interleaved.py
 
 Needs 2 fds per connection per server across processes (each server and each
 fleet holds N); N <= 19,000 as for the pytest run. Writes
-``benchmarks/results/fanout-interleaved-latest.json``.
+``benchmarks/results/fanout-interleaved-latest.json``; process logs go to
+``benchmarks/results/logs/interleaved/``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (  # noqa: E402
     BENCH_DIR,
+    RESULTS_DIR,
     HOST,
+    EXTRA_SERVERS,
     SERVERS,
     FanoutResult,
     Procs,
@@ -50,18 +53,22 @@ from _harness import (  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("servers", nargs="*", help=f"any of {', '.join(SERVERS)} (default: all)")
+    available = {**SERVERS, **EXTRA_SERVERS}
+    p.add_argument("servers", nargs="*",
+                   help=f"any of {', '.join(available)} (default: {' '.join(SERVERS)})")
     p.add_argument("--rounds", type=int, default=5, help="measured rounds per server")
     p.add_argument("--warmup", type=int, default=1, help="warm-up rounds per server (not counted)")
     p.add_argument("--output", default=str(BENCH_DIR / "results" / "fanout-interleaved-latest.json"))
     args = p.parse_args()
     args.servers = args.servers or list(SERVERS)
-    unknown = [s for s in args.servers if s not in SERVERS]
+    unknown = [s for s in args.servers if s not in available]
     if unknown:
-        p.error(f"unknown server(s) {unknown}; choose from {list(SERVERS)}")
+        p.error(f"unknown server(s) {unknown}; choose from {list(available)}")
     cfg = load_config()
     n, m = cfg.connections, cfg.messages
-    log_dir = Path(tempfile.mkdtemp(prefix="fastgw-interleaved-"))
+    log_dir = RESULTS_DIR / "logs" / "interleaved"  # git-ignored; replaced by the next run
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     procs = Procs(log_dir)
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     if cfg.fleet_cpu is not None:
@@ -72,7 +79,7 @@ def main() -> int:
     records: dict[str, list[RoundRecord]] = {}
     try:
         for name in args.servers:
-            target = SERVERS[name](procs, cfg)
+            target = available[name](procs, cfg)
             server_proc = procs.started[-1]
             res = FanoutResult(server=name, connections=n, messages=m, loadavg_before=loadavg1())
             res.server_rss_kb_idle = proc_rss_kb(target.pid)
@@ -129,10 +136,8 @@ def main() -> int:
         procs.stop_all()
         if before is not None:
             os.sched_setaffinity(0, before)
-        if ok_run:
-            shutil.rmtree(log_dir, ignore_errors=True)
-        else:
-            print(f"process logs kept in {log_dir}", file=sys.stderr)
+        if not ok_run:
+            print(f"process logs: {log_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ protocol logic lives here.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.string cimport memcpy
 
 OP_TEXT = 0x1
@@ -59,24 +60,25 @@ cpdef bytes build_close_frame(int code, str reason=""):
     return build_frame(body, OP_CLOSE)
 
 
-def fanout(bytes frame, sinks):
-    """Write ``frame`` to every sink's transport; return ``(written, overflowed)``.
+def fanout(bytes frame, list transports, Py_ssize_t limit):
+    """Write ``frame`` to every transport; return ``(written, overflowed_indices)``.
 
-    A sink whose transport is closing is skipped; one whose buffered bytes plus
-    this frame would exceed its ``outbound_limit`` is not written to and is
-    returned in the overflow list.
+    A transport whose buffered bytes plus this frame would exceed ``limit`` is
+    not written to and its index is reported; one already closed is skipped.
     """
-    cdef Py_ssize_t size = PyBytes_GET_SIZE(frame)
+    cdef Py_ssize_t room = limit - PyBytes_GET_SIZE(frame)
     cdef Py_ssize_t written = 0
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(transports)
     cdef list overflowed = []
     cdef object transport
-    for sink in sinks:
-        transport = sink.transport
-        if transport is None or transport.is_closing():
+    for i in range(n):
+        transport = <object>PyList_GET_ITEM(transports, i)
+        if transport.get_write_buffer_size() > room:
+            overflowed.append(i)
             continue
-        if transport.get_write_buffer_size() + size > sink.outbound_limit:
-            overflowed.append(sink)
+        try:
+            transport.write(frame)
+        except RuntimeError:  # closed under us; the server removes it shortly
             continue
-        transport.write(frame)
         written += 1
     return written, overflowed

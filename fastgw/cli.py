@@ -75,6 +75,9 @@ def serve(
             "no --jwt-secret or --jwt-public-key: anonymous access to public channels only; "
             "user, admin channels and /api/publish are unavailable"
         )
+    from fastgw.system import raise_open_files_limit
+
+    raise_open_files_limit(config.max_connections)
     _run(config)
 
 

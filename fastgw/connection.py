@@ -54,7 +54,9 @@ class Connection:
 
     def send(self, payload: bytes) -> bool:
         """Frame ``payload`` as one text frame and write it, under the outbound limit."""
-        written, overflowed = self._core.fanout(self._core.build_frame(payload), (self,))
+        if self.transport is None:
+            return False
+        written, overflowed = self._core.fanout(self._core.build_frame(payload), [self.transport], self.outbound_limit)
         if overflowed:
             self._on_overflow(self)
         return bool(written)

@@ -16,7 +16,7 @@ written to; they are handed to ``on_overflow`` (the server closes them with 4008
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from fastgw import core as default_core
 from fastgw.connection import Connection
@@ -29,23 +29,32 @@ __all__ = ["Hub"]
 
 
 class _Subscribers:
-    """Subscribers of one channel: unfiltered ones, and those filtering by message type."""
+    """Subscribers of one channel, and the flat transport lists the hot path iterates.
 
-    __slots__ = ("everyone", "by_filter")
+    Subscriptions change rarely and messages arrive often, so the write-many
+    loop gets a cached list of transports per message type (with the matching
+    connections, to map overflow indices back), rebuilt only after a change.
+    """
+
+    __slots__ = ("members", "_targets")
 
     def __init__(self) -> None:
-        self.everyone: dict[Connection, None] = {}
-        self.by_filter: dict[Connection, frozenset[str]] = {}
+        #: connection → message-type filter (None = every type); insertion-ordered
+        self.members: dict[Connection, frozenset[str] | None] = {}
+        self._targets: dict[str, tuple[list[Any], list[Connection]]] = {}
 
     def __len__(self) -> int:
-        return len(self.everyone) + len(self.by_filter)
+        return len(self.members)
 
-    def targets(self, message_type: str) -> Iterable[Connection]:
-        if not self.by_filter:
-            return self.everyone  # the common case: iterate the dict itself, no copy
-        chosen = list(self.everyone)
-        chosen.extend(c for c, types in self.by_filter.items() if message_type in types)
-        return chosen
+    def changed(self) -> None:
+        self._targets.clear()
+
+    def targets(self, message_type: str) -> tuple[list[Any], list[Connection]]:
+        cached = self._targets.get(message_type)
+        if cached is None:
+            conns = [c for c, types in self.members.items() if types is None or message_type in types]
+            cached = self._targets[message_type] = ([c.transport for c in conns], conns)
+        return cached
 
 
 class Hub:
@@ -58,12 +67,15 @@ class Hub:
         ids: MessageIds | None = None,
         on_overflow: Callable[[Connection], None] | None = None,
         clock: Callable[[], str] = iso_now,
+        outbound_limit: int = 1024 * 1024,
     ) -> None:
         self.broker = broker
         self.stats = stats or Stats()
         self.core = core
         self.ids = ids or MessageIds()
         self.on_overflow = on_overflow or (lambda conn: None)
+        #: Bytes a subscriber may have buffered before it counts as a slow consumer.
+        self.outbound_limit = outbound_limit
         #: Envelope timestamps (ISO 8601); replaceable for deterministic tests.
         self.clock = clock
         self._channels: dict[str, _Subscribers] = {}
@@ -77,12 +89,8 @@ class Hub:
         if subs is None:
             subs = self._channels[channel] = _Subscribers()
             self.broker.subscribe(channel)
-        subs.everyone.pop(conn, None)
-        subs.by_filter.pop(conn, None)
-        if types is None:
-            subs.everyone[conn] = None
-        else:
-            subs.by_filter[conn] = types
+        subs.members[conn] = types
+        subs.changed()
         conn.subscriptions[channel] = types
         return len(subs)
 
@@ -92,8 +100,8 @@ class Hub:
             return False
         subs = self._channels.get(channel)
         if subs is not None:
-            subs.everyone.pop(conn, None)
-            subs.by_filter.pop(conn, None)
+            subs.members.pop(conn, None)
+            subs.changed()
             if not subs:
                 del self._channels[channel]
                 self.broker.unsubscribe(channel)
@@ -126,13 +134,14 @@ class Hub:
         subs = self._channels.get(channel)
         if not subs:
             return 0
+        transports, conns = subs.targets(message_type)
         frame = self.core.build_frame(envelope)
-        written, overflowed = self.core.fanout(frame, subs.targets(message_type))
+        written, overflowed = self.core.fanout(frame, transports, self.outbound_limit)
         stats = self.stats
         stats.deliveries += written
         stats.bytes_written += written * len(frame)
-        for conn in overflowed:
-            self.on_overflow(conn)
+        for index in overflowed:
+            self.on_overflow(conns[index])
         return written
 
 

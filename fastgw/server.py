@@ -54,6 +54,7 @@ class Gateway:
             core=core,
             ids=MessageIds(config.node_id),
             on_overflow=self._drop_slow_consumer,
+            outbound_limit=config.outbound_limit,
         )
         self.auth = Authenticator(
             secret=config.jwt_secret,

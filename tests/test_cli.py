@@ -171,3 +171,21 @@ def test_token_command_requires_a_key():
     result = subprocess.run([sys.executable, "-m", "fastgw", "token", "--sub", "u1"], env=env,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "FASTGW_JWT_SECRET" in result.stderr
+
+
+def test_low_open_files_limit_is_raised_or_reported():
+    """With a soft limit of 1,024, serve raises it to the hard limit (or warns clearly)."""
+    code = (
+        "import resource, logging, sys\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))\n"
+        "from fastgw.system import raise_open_files_limit\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "print(raise_open_files_limit(10_000), hard)\n"
+        "print(raise_open_files_limit(10 ** 9), hard)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    lines = result.stdout.split("\n")
+    now, hard = map(int, lines[0].split())
+    assert now == hard
+    assert "does not fit the open-files limit" in result.stderr  # the 10**9 case

@@ -134,6 +134,14 @@ def run(deliver: Deliver, description: str) -> None:
     args = p.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+    try:  # one fd per connection: soft open-files limit up to the hard one
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
     try:
         import uvloop
 
