@@ -71,9 +71,11 @@ def fanout(bytes frame, list transports, Py_ssize_t limit):
     cdef Py_ssize_t i, n = PyList_GET_SIZE(transports)
     cdef list overflowed = []
     cdef object transport
+    cdef Py_ssize_t buffered
     for i in range(n):
         transport = <object>PyList_GET_ITEM(transports, i)
-        if transport.get_write_buffer_size() > room:
+        buffered = transport.get_write_buffer_size()
+        if buffered > room:
             overflowed.append(i)
             continue
         try:
