@@ -195,9 +195,10 @@ class Gateway:
                 await ws.close(code=CLOSE_UNSUPPORTED_DATA, message=b"binary frames are not accepted")
                 return
             elif msg.type is WSMsgType.ERROR:
-                # aiohttp has already closed the socket with the right code (1009 for an
-                # oversized frame, 1002 for a malformed one).
-                conn.close_reason = CloseReason.PROTOCOL
+                # aiohttp has already closed the socket: with 1009 for an oversized
+                # frame, 1002 for a malformed one, or dropped it for a missing pong.
+                timed_out = isinstance(ws.exception(), asyncio.TimeoutError)
+                conn.close_reason = CloseReason.HEARTBEAT_TIMEOUT if timed_out else CloseReason.PROTOCOL
                 return
 
     def _handle_command(self, conn: Connection, text: str) -> None:

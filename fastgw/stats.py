@@ -18,6 +18,7 @@ class CloseReason(str, Enum):
     SLOW_CONSUMER = "slow_consumer"
     PROTOCOL = "protocol_error"  # binary frame, oversized frame
     FLOOD = "flood"
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     SHUTDOWN = "shutdown"
 
 

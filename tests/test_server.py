@@ -255,6 +255,7 @@ async def test_binary_frame_closes_1003(gateway):
         await ws.send_bytes(b"\x00\x01")
         msg = await ws.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1003
+    assert await eventually(lambda: gateway.stats.connections_closed["protocol_error"] == 1)
 
 
 async def test_oversized_frame_closes_1009(start_gateway):
@@ -304,6 +305,7 @@ async def test_heartbeat_timeout_closes_silent_client(start_gateway):
     assert 0x9 in opcodes  # the server pinged
     assert time.monotonic() - started < 4.0
     assert await eventually(lambda: not gw.connections)
+    assert gw.stats.connections_closed["heartbeat_timeout"] == 1
 
 
 async def test_publish_api_validation(gateway):
