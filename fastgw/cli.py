@@ -49,6 +49,12 @@ def main() -> None:
               help="Largest client frame in bytes; larger ones close with 1009.")
 @click.option("--outbound-limit", envvar="FASTGW_OUTBOUND_LIMIT", default=1024 * 1024, show_default=True, type=int,
               help="Bytes buffered per connection before it is closed as a slow consumer (4008).")
+@click.option("--window-full", envvar="FASTGW_WINDOW_FULL", default=0, show_default=True, type=int,
+              help="Flush window of the full profile, ms (0 = write each message at once).")
+@click.option("--window-cellular", envvar="FASTGW_WINDOW_CELLULAR", default=100, show_default=True, type=int,
+              help="Flush window of the cellular profile, ms.")
+@click.option("--window-slow", envvar="FASTGW_WINDOW_SLOW", default=500, show_default=True, type=int,
+              help="Flush window of the slow profile, ms.")
 @click.option("--backlog", envvar="FASTGW_BACKLOG", default=None, type=int,
               help="Listen backlog [default: net.core.somaxconn].")
 @click.option("--log-level", envvar="FASTGW_LOG_LEVEL", default="info", show_default=True,
@@ -56,7 +62,8 @@ def main() -> None:
 def serve(
     host: str, port: int, max_connections: int, jwt_secret: str | None, jwt_public_key: str | None,
     allow_anonymous: bool, no_simulator: bool, simulator_buses: int, heartbeat: float,
-    max_subscriptions: int, max_frame_size: int, outbound_limit: int, backlog: int | None, log_level: str,
+    max_subscriptions: int, max_frame_size: int, outbound_limit: int, window_full: int, window_cellular: int,
+    window_slow: int, backlog: int | None, log_level: str,
 ) -> None:
     """Run the gateway (single node, in-memory broker, built-in simulator by default)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -66,6 +73,7 @@ def serve(
             jwt_public_key=_read_key(jwt_public_key), allow_anonymous=allow_anonymous,
             simulator=not no_simulator, simulator_buses=simulator_buses, heartbeat=heartbeat,
             max_subscriptions=max_subscriptions, max_frame_size=max_frame_size, outbound_limit=outbound_limit,
+            window_full_ms=window_full, window_cellular_ms=window_cellular, window_slow_ms=window_slow,
             backlog=backlog or system_somaxconn(),
         )
     except ValueError as exc:

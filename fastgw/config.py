@@ -56,6 +56,10 @@ class Config:
     client_strikes: int = 10
     #: Listen backlog; defaults to the system maximum.
     backlog: int = field(default_factory=system_somaxconn)
+    #: Flush windows per wire profile, milliseconds (0 = every message is written at once).
+    window_full_ms: int = 0
+    window_cellular_ms: int = 100
+    window_slow_ms: int = 500
     #: Seconds advertised in Retry-After when the instance refuses a connection.
     retry_after: int = 5
     node_id: str = field(default_factory=lambda: os.urandom(4).hex())
@@ -67,6 +71,10 @@ class Config:
             raise ValueError("max_connections must be at least 1")
         if self.heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
+
+    def window_for(self, profile: str) -> float:
+        """The flush window of ``profile`` in seconds."""
+        return max(0, getattr(self, f"window_{profile}_ms")) / 1000.0
 
     @property
     def auth_configured(self) -> bool:

@@ -7,9 +7,10 @@ The socket's own write buffer is the outbound queue; ``outbound_limit`` bounds i
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastgw.channels import Principal
+from fastgw.profiles import FULL, Encoding
 from fastgw.stats import CloseReason
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ class Connection:
         "outbound_limit",
         "subscriptions",
         "close_reason",
+        "encoding",
+        "window",
+        "batcher",
         "_core",
         "_on_overflow",
     )
@@ -41,6 +45,8 @@ class Connection:
         outbound_limit: int,
         core: "ModuleType",
         on_overflow: Callable[["Connection"], None],
+        encoding: Encoding = FULL,
+        window: float = 0.0,
     ) -> None:
         self.session_id = session_id
         self.principal = principal
@@ -51,6 +57,20 @@ class Connection:
         self.close_reason: CloseReason | None = None
         self._core = core
         self._on_overflow = on_overflow
+        self.encoding = encoding
+        self.window = 0.0
+        #: Queue of a connection with a flush window (``core.Batcher``), else None.
+        self.batcher: Any = None
+        self.set_encoding(encoding, window)
+
+    def set_encoding(self, encoding: Encoding, window: float) -> None:
+        """Profile/compression and flush window (seconds); window 0 means write at once."""
+        self.encoding = encoding
+        self.window = window
+        if window > 0 and self.transport is not None:
+            self.batcher = self._core.Batcher(self.transport, self.outbound_limit, encoding.batch_items_are_json)
+        else:
+            self.batcher = None
 
     def send(self, payload: bytes) -> bool:
         """Frame ``payload`` as one text frame and write it, under the outbound limit."""

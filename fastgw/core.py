@@ -29,6 +29,12 @@ frame_header = _impl.frame_header
 build_frame = _impl.build_frame
 build_close_frame = _impl.build_close_frame
 fanout = _impl.fanout
+reduce_location = _impl.reduce_location
+strip_fields = _impl.strip_fields
+build_batch = _impl.build_batch
+Batcher = _impl.Batcher
+enqueue = _impl.enqueue
+flush = _impl.flush
 
 __all__ = [
     "IMPLEMENTATION",
@@ -39,4 +45,10 @@ __all__ = [
     "build_frame",
     "build_close_frame",
     "fanout",
+    "reduce_location",
+    "strip_fields",
+    "build_batch",
+    "Batcher",
+    "enqueue",
+    "flush",
 ]

@@ -6,8 +6,10 @@ Flow of one message::
       → envelope bytes (encoded once)  # protocol.native.channel_message
       → broker.publish                 # memory: straight back to deliver(); Redis: every node
     deliver(channel, type, envelope)   # once per node
-      → frame built once               # core.build_frame
-      → core.fanout(frame, subscribers)  # one transport.write per subscriber, no tasks
+      → PreparedMessage                # reduced / compressed / framed once per encoding in use
+      → core.fanout(frame, transports) # window 0: one transport.write per subscriber, no tasks
+      → core.enqueue(item, batchers)   # window > 0: queued (conflated), one timer per burst
+    _flush(batchers)                   # window closed: core.flush, one write per connection
 
 Slow consumers (socket buffer over the connection's outbound limit) are not
 written to; they are handed to ``on_overflow`` (the server closes them with 4008).
@@ -15,6 +17,7 @@ written to; they are handed to ``on_overflow`` (the server closes them with 4008
 
 from __future__ import annotations
 
+import asyncio
 from types import ModuleType
 from typing import Any, Callable
 
@@ -22,18 +25,38 @@ from fastgw import core as default_core
 from fastgw.connection import Connection
 from fastgw.engines.base import Broker
 from fastgw.messages import MessageIds, iso_now
+from fastgw.prepare import Codecs, PreparedMessage
+from fastgw.profiles import Encoding
 from fastgw.protocol import native
 from fastgw.stats import Stats
 
 __all__ = ["Hub"]
 
 
-class _Subscribers:
-    """Subscribers of one channel, and the flat transport lists the hot path iterates.
+class _Group:
+    """Subscribers of one channel that share an encoding and a flush window.
 
-    Subscriptions change rarely and messages arrive often, so the write-many
-    loop gets a cached list of transports per message type (with the matching
-    connections, to map overflow indices back), rebuilt only after a change.
+    ``transports``/``conns`` are written at once (window 0); ``batchers``/
+    ``batched`` queue the message until their connection's window closes.
+    """
+
+    __slots__ = ("encoding", "window", "transports", "conns", "batchers", "batched")
+
+    def __init__(self, encoding: Encoding, window: float) -> None:
+        self.encoding = encoding
+        self.window = window
+        self.transports: list[Any] = []
+        self.conns: list[Connection] = []
+        self.batchers: list[Any] = []
+        self.batched: list[Connection] = []
+
+
+class _Subscribers:
+    """Subscribers of one channel, and the flat lists the hot path iterates.
+
+    Subscriptions change rarely and messages arrive often, so per message type
+    the write-many loops get cached groups (by encoding and window) of flat
+    transport/batcher lists, rebuilt only after a change.
     """
 
     __slots__ = ("members", "_targets")
@@ -41,7 +64,7 @@ class _Subscribers:
     def __init__(self) -> None:
         #: connection → message-type filter (None = every type); insertion-ordered
         self.members: dict[Connection, frozenset[str] | None] = {}
-        self._targets: dict[str, tuple[list[Any], list[Connection]]] = {}
+        self._targets: dict[str, list[_Group]] = {}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -49,11 +72,24 @@ class _Subscribers:
     def changed(self) -> None:
         self._targets.clear()
 
-    def targets(self, message_type: str) -> tuple[list[Any], list[Connection]]:
+    def targets(self, message_type: str) -> list[_Group]:
         cached = self._targets.get(message_type)
         if cached is None:
-            conns = [c for c, types in self.members.items() if types is None or message_type in types]
-            cached = self._targets[message_type] = ([c.transport for c in conns], conns)
+            groups: dict[tuple[Encoding, float], _Group] = {}
+            for conn, types in self.members.items():
+                if types is not None and message_type not in types:
+                    continue
+                key = (conn.encoding, conn.window)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group(conn.encoding, conn.window)
+                if conn.batcher is None:
+                    group.transports.append(conn.transport)
+                    group.conns.append(conn)
+                else:
+                    group.batchers.append(conn.batcher)
+                    group.batched.append(conn)
+            cached = self._targets[message_type] = list(groups.values())
         return cached
 
 
@@ -79,6 +115,8 @@ class Hub:
         #: Envelope timestamps (ISO 8601); replaceable for deterministic tests.
         self.clock = clock
         self._channels: dict[str, _Subscribers] = {}
+        self._batcher_owners: dict[Any, Connection] = {}
+        self.codecs = Codecs()
         broker.set_handler(self.deliver)
 
     # --- subscriptions -----------------------------------------------------
@@ -91,6 +129,8 @@ class Hub:
             self.broker.subscribe(channel)
         subs.members[conn] = types
         subs.changed()
+        if conn.batcher is not None:
+            self._batcher_owners[conn.batcher] = conn
         conn.subscriptions[channel] = types
         return len(subs)
 
@@ -108,9 +148,25 @@ class Hub:
         return True
 
     def remove(self, conn: Connection) -> None:
-        """Drop every subscription of a closing connection."""
+        """Drop every subscription of a closing connection, and whatever it had queued."""
         for channel in list(conn.subscriptions):
             self.unsubscribe(conn, channel)
+        if conn.batcher is not None:
+            conn.batcher.take("")  # a flush already scheduled then finds nothing to write
+            self._batcher_owners.pop(conn.batcher, None)
+
+    def change_encoding(self, conn: Connection, encoding: Encoding, window: float) -> None:
+        """Switch a connection's profile/compression: flush what it queued, regroup it."""
+        if conn.batcher is not None:
+            pending = conn.batcher.take(self.clock())
+            if pending is not None and conn.transport is not None:
+                conn.transport.write(pending)
+            self._batcher_owners.pop(conn.batcher, None)
+        conn.set_encoding(encoding, window)
+        if conn.batcher is not None and conn.subscriptions:
+            self._batcher_owners[conn.batcher] = conn
+        for channel in conn.subscriptions:
+            self._channels[channel].changed()
 
     def subscriber_count(self, channel: str) -> int:
         subs = self._channels.get(channel)
@@ -130,19 +186,46 @@ class Hub:
         return message_id
 
     def deliver(self, channel: str, message_type: str, envelope: bytes) -> int:
-        """Write one envelope to every local subscriber of ``channel``; returns deliveries."""
+        """Hand one envelope to every local subscriber of ``channel``; returns deliveries.
+
+        Per group (encoding × window): the message is prepared once, then written
+        at once to unbatched subscribers or queued in the batchers of the others
+        (one flush timer for all batchers that this message made non-empty).
+        """
         subs = self._channels.get(channel)
         if not subs:
             return 0
-        transports, conns = subs.targets(message_type)
-        frame = self.core.build_frame(envelope)
-        written, overflowed = self.core.fanout(frame, transports, self.outbound_limit)
-        stats = self.stats
-        stats.deliveries += written
-        stats.bytes_written += written * len(frame)
+        core = self.core
+        prepared = PreparedMessage(channel, envelope, message_type, core, self.codecs)
+        delivered = 0
+        for group in subs.targets(message_type):
+            if group.transports:
+                frame = prepared.frame(group.encoding)
+                written, overflowed = core.fanout(frame, group.transports, self.outbound_limit)
+                delivered += written
+                self.stats.bytes_written += written * len(frame)
+                for index in overflowed:
+                    self.on_overflow(group.conns[index])
+            if group.batchers:
+                if group.encoding.batch_items_are_json:
+                    item = prepared.payload(group.encoding.profile)
+                else:
+                    item = prepared.frame(group.encoding)
+                woke = core.enqueue(item, group.batchers, prepared.conflation_key())
+                delivered += len(group.batchers)
+                if woke:
+                    asyncio.get_running_loop().call_later(group.window, self._flush, woke)
+        self.stats.deliveries += delivered
+        return delivered
+
+    def _flush(self, batchers: list[Any]) -> None:
+        """A flush window closed: one write per connection for everything it queued."""
+        writes, overflowed = self.core.flush(batchers, self.clock())
+        self.stats.batch_writes += writes
         for index in overflowed:
-            self.on_overflow(conns[index])
-        return written
+            conn = self._batcher_owners.get(batchers[index])
+            if conn is not None:
+                self.on_overflow(conn)
 
 
 _MISSING = object()

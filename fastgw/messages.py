@@ -19,6 +19,7 @@ import orjson
 
 __all__ = [
     "MESSAGE_TYPES",
+    "NON_ESSENTIAL_FIELDS",
     "LocationUpdate",
     "location_update",
     "iso_now",
@@ -37,6 +38,16 @@ MESSAGE_TYPES = frozenset(
         "leaderboard_update",
     }
 )
+
+#: Fields that the bandwidth-saving profiles (``cellular``, ``slow``) leave out, per
+#: type. ``location_update`` has its own reduction (``_core.reduce_location``); for
+#: the others, ``metadata`` is the conventional home of non-essential detail.
+NON_ESSENTIAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "stop_arrival": ("metadata",),
+    "service_alert": ("metadata",),
+    "user_notification": ("metadata",),
+    "leaderboard_update": ("metadata",),
+}
 
 Direction = Literal["UP", "DOWN"]
 Freshness = Literal["fresh", "recent", "stale"]

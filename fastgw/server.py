@@ -25,6 +25,14 @@ from fastgw.engines.base import Broker
 from fastgw.engines.memory import MemoryBroker
 from fastgw.hub import Hub
 from fastgw.messages import MESSAGE_TYPES, MessageIds, iso_now
+from fastgw.profiles import (
+    ZSTD_SUBPROTOCOL,
+    Compression,
+    Encoding,
+    UnknownProfile,
+    get_profile,
+    profile_for_connection_type,
+)
 from fastgw.protocol import native
 from fastgw.ratelimit import TokenBucket
 from fastgw.stats import CloseReason, Stats
@@ -37,6 +45,8 @@ log = logging.getLogger("fastgw.server")
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_POLICY_VIOLATION = 1008
 
 
@@ -80,6 +90,7 @@ class Gateway:
                 web.get("/api/stats", self._handle_stats),
                 web.get("/healthz", self._handle_healthz),
                 web.get("/readyz", self._handle_readyz),
+                web.get("/dict/{dict_id}", self._handle_dictionary),
             ]
         )
         return app
@@ -137,11 +148,18 @@ class Gateway:
         except AuthError as exc:
             self.stats.rejected["auth"] += 1
             raise _unauthorized(exc.reason) from None
+        try:
+            profile = get_profile(request.query.get("profile", "full"))
+        except UnknownProfile as exc:
+            return _bad_request(str(exc))
 
         ws = web.WebSocketResponse(
             heartbeat=cfg.heartbeat,
             max_msg_size=cfg.max_frame_size,
-            compress=False,  # frames are pre-built and shared: no per-socket deflate state
+            protocols=(ZSTD_SUBPROTOCOL,),
+            # permessage-deflate if the client offers it: the gateway compresses each
+            # message on its own (no context takeover), so one frame still serves many.
+            compress=True,
         )
         self._upgrading += 1
         try:
@@ -152,6 +170,7 @@ class Gateway:
         if transport is None:  # client vanished during the handshake
             return ws
 
+        encoding = Encoding(profile, _negotiated_compression(ws))
         conn = Connection(
             secrets.token_urlsafe(12),
             principal,
@@ -159,12 +178,14 @@ class Gateway:
             outbound_limit=cfg.outbound_limit,
             core=self.core,
             on_overflow=self._drop_slow_consumer,
+            encoding=encoding,
+            window=cfg.window_for(profile.name),
         )
         self.connections.add(conn)
         self.stats.connections_opened += 1
         self.stats.connections_active = len(self.connections)
         try:
-            conn.send(native.welcome(conn.session_id, iso_now(), cfg.heartbeat))
+            conn.send(self._welcome(conn))
             await self._read_loop(ws, conn)
         finally:
             self.hub.remove(conn)
@@ -172,6 +193,18 @@ class Gateway:
             self.stats.connections_active = len(self.connections)
             self.stats.connections_closed[(conn.close_reason or CloseReason.NORMAL).value] += 1
         return ws
+
+    def _welcome(self, conn: Connection) -> bytes:
+        compression: dict[str, Any] | None = None
+        if conn.encoding.compression is Compression.ZSTD:
+            codec = self.hub.codecs.zstd()
+            compression = {"algorithm": "zstd", "dictId": codec.dict_id, "dictUrl": f"/dict/{codec.dict_id}"}
+        elif conn.encoding.compression is Compression.DEFLATE:
+            compression = {"algorithm": "permessage-deflate"}
+        return native.welcome(
+            conn.session_id, iso_now(), self.config.heartbeat,
+            conn.encoding.profile.name, round(conn.window * 1000), compression,
+        )
 
     async def _read_loop(self, ws: web.WebSocketResponse, conn: Connection) -> None:
         cfg = self.config
@@ -181,25 +214,47 @@ class Gateway:
             if conn.close_reason is not None:
                 return
             if msg.type is WSMsgType.TEXT:
-                if bucket.take():
-                    self._handle_command(conn, msg.data)
-                    continue
-                strikes += 1
-                conn.send(native.error(None, "rate_limited", f"more than {cfg.client_rate:g} requests/s"))
-                if strikes >= cfg.client_strikes:
-                    conn.close_reason = CloseReason.FLOOD
-                    await ws.close(code=CLOSE_POLICY_VIOLATION, message=b"too many requests")
-                    return
+                text = msg.data
             elif msg.type is WSMsgType.BINARY:
-                conn.close_reason = CloseReason.PROTOCOL
-                await ws.close(code=CLOSE_UNSUPPORTED_DATA, message=b"binary frames are not accepted")
-                return
+                text, close_code, reason = self._binary_command(conn, msg.data)
+                if text is None:
+                    conn.close_reason = CloseReason.PROTOCOL
+                    await ws.close(code=close_code, message=reason.encode())
+                    return
             elif msg.type is WSMsgType.ERROR:
                 # aiohttp has already closed the socket: with 1009 for an oversized
                 # frame, 1002 for a malformed one, or dropped it for a missing pong.
                 timed_out = isinstance(ws.exception(), asyncio.TimeoutError)
                 conn.close_reason = CloseReason.HEARTBEAT_TIMEOUT if timed_out else CloseReason.PROTOCOL
                 return
+            else:
+                continue
+            if bucket.take():
+                self._handle_command(conn, text)
+                continue
+            strikes += 1
+            conn.send(native.error(None, "rate_limited", f"more than {cfg.client_rate:g} requests/s"))
+            if strikes >= cfg.client_strikes:
+                conn.close_reason = CloseReason.FLOOD
+                await ws.close(code=CLOSE_POLICY_VIOLATION, message=b"too many requests")
+                return
+
+    def _binary_command(self, conn: Connection, data: bytes) -> tuple[str | None, int, str]:
+        """A binary client frame: a zstd-compressed command on zstd connections, else refused.
+
+        Returns ``(text, 0, "")``, or ``(None, close_code, reason)``.
+        """
+        if conn.encoding.compression is not Compression.ZSTD:
+            return None, CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted"
+        from fastgw.compression import CompressionError, PayloadTooLarge
+
+        try:
+            raw = self.hub.codecs.zstd().decompress(data, self.config.max_frame_size)
+            return raw.decode("utf-8"), 0, ""
+        except PayloadTooLarge:
+            return None, CLOSE_MESSAGE_TOO_BIG, "decompressed frame too large"
+        except (CompressionError, UnicodeDecodeError):
+            return None, CLOSE_INVALID_PAYLOAD, "invalid compressed frame"
 
     def _handle_command(self, conn: Connection, text: str) -> None:
         try:
@@ -212,6 +267,8 @@ class Gateway:
         elif isinstance(cmd, native.Unsubscribe):
             self.hub.unsubscribe(conn, cmd.channel)
             conn.send(native.unsubscribed(cmd.id, cmd.channel))
+        elif isinstance(cmd, native.Hello):
+            conn.send(self._hello(conn, cmd))
         else:
             conn.send(native.pong(cmd.id, iso_now()))
 
@@ -227,6 +284,19 @@ class Gateway:
             return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection")
         count = self.hub.subscribe(conn, channel.name, cmd.types)
         return native.subscribed(cmd.id, channel.name, count)
+
+    def _hello(self, conn: Connection, cmd: native.Hello) -> bytes:
+        try:
+            if cmd.profile is not None:
+                profile = get_profile(cmd.profile)
+            else:
+                profile = profile_for_connection_type(cmd.connection_type)
+        except UnknownProfile as exc:
+            return native.error(cmd.id, "bad_request", str(exc))
+        window = self.config.window_for(profile.name)
+        if profile != conn.encoding.profile or window != conn.window:
+            self.hub.change_encoding(conn, Encoding(profile, conn.encoding.compression), window)
+        return native.profile(cmd.id, profile.name, round(window * 1000))
 
     # --- closing -----------------------------------------------------------
 
@@ -246,7 +316,7 @@ class Gateway:
         transport = conn.transport
         if transport is None or transport.is_closing():
             return
-        self.hub.remove(conn)  # nothing more is written to it
+        self.hub.remove(conn)  # nothing more is written to it, queued batches dropped
         transport.write(self.core.build_close_frame(code, reason))
         transport.close()
         asyncio.get_running_loop().call_later(self.config.slow_close_grace, transport.abort)
@@ -291,6 +361,17 @@ class Gateway:
         snapshot["node"] = self.config.node_id
         return _json(snapshot)
 
+    async def _handle_dictionary(self, request: web.Request) -> web.Response:
+        """The zstd dictionary announced in ``welcome``: immutable, cacheable forever."""
+        codec = self.hub.codecs.zstd()
+        if request.match_info["dict_id"] != str(codec.dict_id):
+            return _json({"error": "not_found", "message": "unknown dictionary id"}, status=404)
+        return web.Response(
+            body=codec.dictionary,
+            content_type="application/octet-stream",
+            headers={"Cache-Control": "public, max-age=31536000, immutable"},
+        )
+
     async def _handle_healthz(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "node": self.config.node_id})
 
@@ -308,6 +389,14 @@ class Gateway:
             status=503,
             headers={"Retry-After": str(self.config.retry_after)},
         )
+
+
+def _negotiated_compression(ws: web.WebSocketResponse) -> Compression:
+    if ws.ws_protocol == ZSTD_SUBPROTOCOL:
+        return Compression.ZSTD
+    if ws.compress:
+        return Compression.DEFLATE
+    return Compression.NONE
 
 
 def _implementation_name(core: ModuleType) -> str:

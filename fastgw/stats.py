@@ -31,6 +31,8 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     messages_published: int = 0
     deliveries: int = 0
+    #: Socket writes that carried a whole flush window of a batching connection.
+    batch_writes: int = 0
     bytes_written: int = 0
 
     def snapshot(self) -> dict[str, object]:
@@ -43,5 +45,6 @@ class Stats:
             "rejected": dict(self.rejected),
             "messages_published": self.messages_published,
             "deliveries": self.deliveries,
+            "batch_writes": self.batch_writes,
             "bytes_written": self.bytes_written,
         }

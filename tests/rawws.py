@@ -16,17 +16,27 @@ import orjson
 
 
 class RawWebSocket:
-    def __init__(self, port: int, path: str = "/ws", *, rcvbuf: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str = "/ws",
+        *,
+        rcvbuf: int | None = None,
+        host: str = "127.0.0.1",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:  # must be set before connect to bound the TCP window
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(10)
         self.sock.connect((host, port))
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.sock.sendall(
             (
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"{extra}\r\n"
             ).encode()
         )
         self.buf = b""
@@ -37,16 +47,31 @@ class RawWebSocket:
             self.buf += chunk
         head, _, self.buf = self.buf.partition(b"\r\n\r\n")
         self.status = int(head.split(b" ", 2)[1])
+        self.response_headers = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.decode().partition(":") for line in head.split(b"\r\n")[1:])
+        }
         if self.status != 101:
             raise ConnectionError(f"upgrade refused: {head!r}")
 
     def _fill(self, n: int, deadline: float) -> None:
         while len(self.buf) < n:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(1 << 20)
             if not chunk:
                 raise ConnectionError("connection closed")
             self.buf += chunk
+
+    def recv_raw(self, timeout: float = 10.0) -> bytes:
+        """Whatever one ``recv`` returns (buffered bytes first): shows how writes were packed."""
+        if self.buf:
+            data, self.buf = self.buf, b""
+            return data
+        self.sock.settimeout(timeout)
+        return self.sock.recv(1 << 20)
+
+    def push_back(self, data: bytes) -> None:
+        self.buf = data + self.buf
 
     def recv_frame(self, timeout: float = 10.0) -> tuple[int, bytes, bytes]:
         """Returns ``(opcode, payload, raw_frame_bytes)``."""

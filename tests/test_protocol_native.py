@@ -36,7 +36,8 @@ def test_bad_requests(text, message):
 
 def test_server_messages_are_compact_json_with_fixed_key_order():
     assert native.welcome("s1", "2026-01-01T00:00:00.000Z", 30.0) == (
-        b'{"type":"welcome","sessionId":"s1","serverTime":"2026-01-01T00:00:00.000Z","heartbeat":30}')
+        b'{"type":"welcome","sessionId":"s1","serverTime":"2026-01-01T00:00:00.000Z","heartbeat":30,'
+        b'"profile":"full","window":0}')
     assert native.subscribed("c1", "alerts:all", 3) == (
         b'{"type":"subscribed","id":"c1","channel":"alerts:all","subscriberCount":3}')
     assert native.error(None, "limit", "m") == b'{"type":"error","id":null,"code":"limit","message":"m"}'

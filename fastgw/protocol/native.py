@@ -19,6 +19,7 @@ __all__ = [
     "Subscribe",
     "Unsubscribe",
     "Ping",
+    "Hello",
     "Command",
     "parse_command",
     "welcome",
@@ -26,6 +27,7 @@ __all__ = [
     "unsubscribed",
     "error",
     "pong",
+    "profile",
     "channel_message",
 ]
 
@@ -61,7 +63,16 @@ class Ping:
     id: str | None
 
 
-Command = Union[Subscribe, Unsubscribe, Ping]
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Choose a wire profile after connecting: by name, or by the connection type."""
+
+    id: str | None
+    profile: str | None = None
+    connection_type: str | None = None
+
+
+Command = Union[Subscribe, Unsubscribe, Ping, Hello]
 
 
 def parse_command(text: str) -> Command:
@@ -80,6 +91,14 @@ def parse_command(text: str) -> Command:
         return Unsubscribe(request_id, _channel(obj, request_id))
     if kind == "ping":
         return Ping(request_id)
+    if kind == "hello":
+        profile, connection_type = obj.get("profile"), obj.get("connection_type")
+        if profile is None and connection_type is None:
+            raise ProtocolError("bad_request", "hello needs a profile or a connection_type", request_id)
+        for value in (profile, connection_type):
+            if value is not None and not isinstance(value, str):
+                raise ProtocolError("bad_request", "profile and connection_type must be strings", request_id)
+        return Hello(request_id, profile, connection_type)
     raise ProtocolError("bad_request", f"unknown message type {kind!r}", request_id)
 
 
@@ -121,9 +140,31 @@ def _types_filter(filters: Any, request_id: str | None) -> frozenset[str] | None
 # --- server → client -------------------------------------------------------
 
 
-def welcome(session_id: str, server_time: str, heartbeat: float) -> bytes:
+def welcome(
+    session_id: str,
+    server_time: str,
+    heartbeat: float,
+    profile: str = "full",
+    window_ms: int = 0,
+    compression: dict[str, Any] | None = None,
+) -> bytes:
     hb: float | int = int(heartbeat) if float(heartbeat).is_integer() else heartbeat
-    return orjson.dumps({"type": "welcome", "sessionId": session_id, "serverTime": server_time, "heartbeat": hb})
+    msg: dict[str, Any] = {
+        "type": "welcome",
+        "sessionId": session_id,
+        "serverTime": server_time,
+        "heartbeat": hb,
+        "profile": profile,
+        "window": window_ms,
+    }
+    if compression is not None:
+        msg["compression"] = compression
+    return orjson.dumps(msg)
+
+
+def profile(request_id: str | None, name: str, window_ms: int) -> bytes:
+    """Reply to ``hello``: the profile now in force and its flush window (ms)."""
+    return orjson.dumps({"type": "profile", "id": request_id, "profile": name, "window": window_ms})
 
 
 def subscribed(request_id: str | None, channel: str, subscriber_count: int) -> bytes:
