@@ -265,3 +265,38 @@ async def test_batched_slow_consumer_is_closed_with_4008(start_gateway):
     assert await asyncio.to_thread(drain_until_close) == 4008
     slow.close()
     assert await eventually(lambda: gw.stats.connections_closed.get("slow_consumer") == 1)
+
+
+async def test_unknown_subprotocol_is_ignored_and_connection_is_plain_json(gateway):
+    raw = await raw_client(gateway, "", {"Sec-WebSocket-Protocol": "mqtt, fastgw.v9"})
+    assert "sec-websocket-protocol" not in raw.response_headers
+    welcome = await subscribe_raw(raw)
+    assert "compression" not in welcome
+    await publish(gateway, CHANNEL, LOCATION)
+    assert (await asyncio.to_thread(raw.recv_json))["message"] == LOCATION
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    "payload,expected_code",
+    [
+        # corrupt: does not inflate. aiohttp closes such a connection with 1000 (its
+        # generic path for reader errors); the gateway counts it as a protocol error.
+        (b"\xff\xff\xff\xff not deflate", 1000),
+        (zlib.compressobj(9, zlib.DEFLATED, -15).compress(b" " * 2_000_000)
+         + zlib.compressobj(9, zlib.DEFLATED, -15).flush(zlib.Z_SYNC_FLUSH), 1009),  # inflates past 64 KiB
+    ],
+    ids=["corrupt", "bomb"],
+)
+async def test_bad_deflate_frames_from_client_are_closed(gateway, payload, expected_code):
+    raw = await raw_client(gateway, "", {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    await asyncio.to_thread(raw.recv_json)
+    if expected_code == 1009:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        payload = c.compress(b" " * 2_000_000) + c.flush(zlib.Z_SYNC_FLUSH)
+        payload = payload[:-4]  # RFC 7692: the trailing 00 00 ff ff is left off
+    raw.send_frame(payload, opcode=0x1 | 0x40)  # RSV1: compressed text frame
+    opcode, data, _ = await asyncio.to_thread(raw.recv_frame)
+    assert opcode == 0x8 and int.from_bytes(data[:2], "big") == expected_code
+    raw.close()
+    assert await eventually(lambda: gateway.stats.connections_closed["protocol_error"] == 1)
