@@ -20,7 +20,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness  # noqa: E402
-from _harness import FANOUT_RESULTS, RESULTS_DIR, BenchConfig, Procs, load_config, summary  # noqa: E402
+from _harness import (  # noqa: E402
+    BURSTY_RESULTS,
+    FANOUT_RESULTS,
+    RESULTS_DIR,
+    BenchConfig,
+    BurstyConfig,
+    Procs,
+    bursty_summary,
+    load_bursty_config,
+    load_config,
+    summary,
+)
+
+_BURSTY_CONFIG: list[BurstyConfig] = []  # the session's, for the terminal summary
 
 
 @pytest.fixture(scope="session")
@@ -65,15 +78,21 @@ def fanout_results() -> dict[str, _harness.FanoutResult]:
     return FANOUT_RESULTS
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print the fan-out table (also with --benchmark-disable) and write it as JSON."""
-    if not FANOUT_RESULTS:
-        return
-    lines, doc = summary(FANOUT_RESULTS)
-    terminalreporter.write_sep("=", "fan-out summary")
-    for line in lines:
-        terminalreporter.write_line(line)
-    path = load_config().results_path
+@pytest.fixture(scope="session")
+def bursty_config(bench_config: BenchConfig, request) -> BurstyConfig:
+    """Bursty benchmark knobs; a shorter sustained phase with --benchmark-disable (smoke mode)."""
+    smoke = bool(request.config.getoption("benchmark_disable", default=False))
+    cfg = load_bursty_config(bench_config, smoke)
+    _BURSTY_CONFIG[:] = [cfg]
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def bursty_results() -> dict[str, _harness.BurstyResult]:
+    return BURSTY_RESULTS
+
+
+def _write_json(terminalreporter, path: Path, doc: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
@@ -82,3 +101,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"written to {path}")
     except OSError as exc:
         terminalreporter.write_line(f"could not write {path}: {exc}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the fan-out and bursty tables (also with --benchmark-disable) and write them as JSON."""
+    if FANOUT_RESULTS:
+        lines, doc = summary(FANOUT_RESULTS)
+        terminalreporter.write_sep("=", "fan-out summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+        _write_json(terminalreporter, load_config().results_path, doc)
+    if BURSTY_RESULTS:
+        bcfg = _BURSTY_CONFIG[0] if _BURSTY_CONFIG else None
+        lines, doc = bursty_summary(BURSTY_RESULTS, bcfg)
+        terminalreporter.write_sep("=", "bursty fan-out summary")
+        for line in lines:
+            terminalreporter.write_line(line)
+        if bcfg is not None:
+            _write_json(terminalreporter, bcfg.results_path, doc)

@@ -7,14 +7,28 @@ connection does the HTTP/1.1 upgrade, waits for the server's first data frame
 when a data frame containing ``"subscribed"`` arrives. After that it only
 counts complete incoming data frames that carry ``channel_message`` (header
 parsed for 2/4/10-byte lengths; server frames are unmasked; pings get a pong).
+Binary frames (``--protocol fastgw.v1.zstd``: zstd channel messages) and frames
+with RSV1 set (``--extensions permessage-deflate``: compressed messages) are
+counted as channel messages too, without being decompressed; ``welcome`` and
+``subscribed`` stay uncompressed text on such connections. Several frames in one
+socket read (a gateway's flush window) are each counted.
 
 Controlled over stdin/stdout, one command per line, one reply line each::
 
     connect N           -> ready <ok> <failed> <seconds> [<first error>]
-    expect K [TIMEOUT]  -> armed             (immediately), then later
+    expect K [TIMEOUT] [open]
+                        -> armed             (immediately), then later
                            done <t_last> <seconds_since_armed>
                            or timeout <reached>/<N> frames=<got>/<wanted> lost=<L>
-    stats               -> stats key=value ...
+    retarget K          -> retargeted <reached>/<N>   (only while a round runs:
+                           every connection of the round now needs K frames
+                           counted since it was armed; a round armed with
+                           ``open`` and a huge K for an open-ended publish
+                           schedule is closed this way once the controller
+                           knows how many it sent; if
+                           that completes the round, ``done`` follows with the
+                           time of the last counted frame)
+    stats               -> stats key=value ...  (frames, rx_bytes, compressed, cpu, ...)
     quit                -> bye               (closes every connection, exits)
 
 ``t_last`` is ``time.monotonic()`` (CLOCK_MONOTONIC, comparable across
@@ -78,6 +92,18 @@ class Fleet:
         self.last_payload_len = 0
         self.control_frames = 0
         self.other_frames = 0
+        #: counted frames that were binary or RSV1 (compressed channel messages)
+        self.compressed_frames = 0
+        #: bytes read from all sockets (handshakes included; take deltas around rounds)
+        self.rx_bytes = 0
+        #: monotonic time of the last socket read that completed a counted frame
+        self.t_last_counted = 0.0
+        self.round_conns: list[Client] = []
+        self.round_k = 0
+        #: set for rounds armed with ``open``: record t_last_counted (for ``retarget``)
+        self.track_last = False
+        #: lowercase tokens the 101 response must contain (offered subprotocol/extension)
+        self.must_negotiate = [x.lower().encode() for x in (args.protocol, args.extensions.split(";")[0]) if x]
 
     def note_reached(self) -> None:
         self.reached += 1
@@ -134,6 +160,7 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.fleet.rx_bytes += len(data)
         if self.buf:
             data = self.buf + data
             self.buf = b""
@@ -149,6 +176,10 @@ class Client(asyncio.Protocol):
             if b" 101 " not in status + b" ":
                 self._fail("upgrade refused: " + status.decode("latin-1", "replace"))
                 return
+            for want in self.fleet.must_negotiate:  # offered subprotocol / extension
+                if want not in data[:end].lower():
+                    self._fail("not negotiated: " + want.decode())
+                    return
             self.upgraded = True
             data = data[end + 4 :]
             if not data:
@@ -156,6 +187,7 @@ class Client(asyncio.Protocol):
         n = len(data)
         i = 0
         counted = 0
+        compressed = 0
         fleet = self.fleet
         while n - i >= 2:
             b0 = data[i]
@@ -188,7 +220,11 @@ class Client(asyncio.Protocol):
                     self._fail("close frame from server: " + data[start:end][:64].hex())
                     return
             elif b0 & 0x80:  # final data frame
-                if data.find(MARKER, start, end) >= 0:
+                if b0 & 0x42:  # binary (zstd) or RSV1 (permessage-deflate): a channel message
+                    counted += 1
+                    compressed += 1
+                    fleet.last_payload_len = ln
+                elif data.find(MARKER, start, end) >= 0:
                     counted += 1
                     fleet.last_payload_len = ln
                 elif not self.ready.done():
@@ -206,6 +242,10 @@ class Client(asyncio.Protocol):
             self.buf = data[i:]
         if counted:
             fleet.total_frames += counted
+            if compressed:
+                fleet.compressed_frames += compressed
+            if fleet.track_last:
+                fleet.t_last_counted = time.monotonic()
             self.count += counted
             if not self.hit and self.count >= self.target:
                 self.hit = True
@@ -219,6 +259,11 @@ async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
     path = args.path
     host_hdr = f"{args.host}:{args.port}"
     subscribe = masked_text_frame(args.subscribe.encode())
+    offer = ""
+    if args.protocol:
+        offer += f"Sec-WebSocket-Protocol: {args.protocol}\r\n"
+    if args.extensions:
+        offer += f"Sec-WebSocket-Extensions: {args.extensions}\r\n"
     sources = [s for s in args.sources.split(",") if s] if args.sources else []
     failed = 0
     first_error = ""
@@ -232,7 +277,7 @@ async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
             req = (
                 f"GET {path} HTTP/1.1\r\nHost: {host_hdr}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
             ).encode()
             last_exc: BaseException | None = None
             for _attempt in range(3):
@@ -276,7 +321,7 @@ async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
     return len(fleet.conns), failed, time.monotonic() - t0, first_error
 
 
-async def expect(fleet: Fleet, k: int, timeout: float, out) -> None:
+async def expect(fleet: Fleet, k: int, timeout: float, out, track_last: bool = False) -> None:
     loop = asyncio.get_running_loop()
     conns = [c for c in fleet.conns if c.transport is not None]
     fleet.n_target = len(conns)
@@ -288,6 +333,10 @@ async def expect(fleet: Fleet, k: int, timeout: float, out) -> None:
     for c in conns:
         c.target = c.count + k
         c.hit = False
+    fleet.round_conns = conns
+    fleet.round_k = k
+    fleet.t_last_counted = 0.0
+    fleet.track_last = track_last
     t_armed = time.monotonic()
     out(f"armed {len(conns)}")
     if not conns:
@@ -302,6 +351,32 @@ async def expect(fleet: Fleet, k: int, timeout: float, out) -> None:
             c.hit = True
     finally:
         fleet.round_waiter = None
+        fleet.round_conns = []
+        fleet.round_k = 0
+        fleet.track_last = False
+
+
+def retarget(fleet: Fleet, k: int) -> str:
+    """Change the running round's per-connection goal to ``k`` frames since arming."""
+    w = fleet.round_waiter
+    if w is None or w.done():
+        return "error no round running"
+    delta = k - fleet.round_k
+    fleet.round_k = k
+    reached = 0
+    for c in fleet.round_conns:
+        c.target += delta
+        if c.count >= c.target:
+            reached += 1
+            c.hit = True
+        else:
+            c.hit = False
+    fleet.reached = reached
+    if reached >= fleet.n_target:
+        # Everything had already arrived: the round ended at the last counted frame.
+        fleet.t_last = fleet.t_last_counted or time.monotonic()
+        w.set_result(None)
+    return f"retargeted {reached}/{fleet.n_target}"
 
 
 def raise_nofile_limit() -> None:
@@ -349,13 +424,18 @@ async def main_async(args: argparse.Namespace) -> None:
                     out("error round already running")
                     continue
                 timeout = float(parts[2]) if len(parts) > 2 else args.round_timeout
-                round_task = asyncio.ensure_future(expect(fleet, int(parts[1]), timeout, out))
+                round_task = asyncio.ensure_future(
+                    expect(fleet, int(parts[1]), timeout, out, track_last="open" in parts[3:])
+                )
+            elif cmd == "retarget":
+                out(retarget(fleet, int(parts[1])))
             elif cmd == "stats":
                 alive = sum(1 for c in fleet.conns if c.transport is not None)
                 out(
                     f"stats conns={len(fleet.conns)} alive={alive} lost={fleet.lost} "
                     f"frames={fleet.total_frames} payload_len={fleet.last_payload_len} "
-                    f"control={fleet.control_frames} other={fleet.other_frames} cpu={cpu_seconds():.3f}"
+                    f"control={fleet.control_frames} other={fleet.other_frames} cpu={cpu_seconds():.3f} "
+                    f"compressed={fleet.compressed_frames} rx_bytes={fleet.rx_bytes}"
                 )
             elif cmd == "quit":
                 break
@@ -381,6 +461,9 @@ def main() -> None:
         help="text sent once the first data frame (welcome) arrived",
     )
     p.add_argument("--concurrency", type=int, default=500, help="handshakes in flight")
+    p.add_argument("--protocol", default="", help="Sec-WebSocket-Protocol to offer (must be accepted)")
+    p.add_argument("--extensions", default="",
+                   help="Sec-WebSocket-Extensions to offer, e.g. permessage-deflate (must be accepted)")
     p.add_argument("--connect-timeout", type=float, default=120.0)
     p.add_argument("--round-timeout", type=float, default=60.0)
     p.add_argument("--sources", default="", help="comma-separated 127.0.0.x source addresses")

@@ -219,7 +219,15 @@ class Hub:
         return delivered
 
     def _flush(self, batchers: list[Any]) -> None:
-        """A flush window closed: one write per connection for everything it queued."""
+        """A flush window closed: one write per connection for everything it queued.
+
+        Large bursts are flushed in slices of ``FLUSH_SLICE`` connections, each slice a
+        separate loop callback, so that publishes and reads interleave with a flush to
+        tens of thousands of sockets instead of waiting for all of it.
+        """
+        if len(batchers) > FLUSH_SLICE:
+            asyncio.get_running_loop().call_soon(self._flush, batchers[FLUSH_SLICE:])
+            batchers = batchers[:FLUSH_SLICE]
         writes, overflowed = self.core.flush(batchers, self.clock())
         self.stats.batch_writes += writes
         for index in overflowed:
@@ -229,3 +237,6 @@ class Hub:
 
 
 _MISSING = object()
+
+#: Connections flushed per event-loop callback (about 10–20 ms of socket writes).
+FLUSH_SLICE = 1024

@@ -30,9 +30,12 @@ class Stats:
     #: Upgrades refused, by reason (``auth``, ``limit``, ``draining``).
     rejected: Counter[str] = field(default_factory=Counter)
     messages_published: int = 0
+    #: Messages handed to subscribers: written at once, or queued in a batching
+    #: connection's window (counted when queued; a conflated one still counts).
     deliveries: int = 0
     #: Socket writes that carried a whole flush window of a batching connection.
     batch_writes: int = 0
+    #: Bytes of unbatched channel-message writes (batched flushes are not counted yet).
     bytes_written: int = 0
 
     def snapshot(self) -> dict[str, object]:

@@ -300,3 +300,20 @@ async def test_bad_deflate_frames_from_client_are_closed(gateway, payload, expec
     assert opcode == 0x8 and int.from_bytes(data[:2], "big") == expected_code
     raw.close()
     assert await eventually(lambda: gateway.stats.connections_closed["protocol_error"] == 1)
+
+
+async def test_large_flushes_are_sliced_and_reach_everyone(start_gateway, monkeypatch):
+    import fastgw.hub
+
+    monkeypatch.setattr(fastgw.hub, "FLUSH_SLICE", 2)  # 5 connections → 3 loop callbacks
+    gw = await start_gateway(window_cellular_ms=50)
+    clients = [await raw_client(gw, "&profile=cellular") for _ in range(5)]
+    for raw in clients:
+        await subscribe_raw(raw)
+    for i in range(3):
+        await publish(gw, CHANNEL, {**LOCATION, "vehicle_id": f"V{i}"})
+    for raw in clients:
+        frames, _ = await read_window(raw, 3)
+        assert [orjson.loads(p)["message"]["vehicle_id"] for _, p in frames] == ["V0", "V1", "V2"]
+        raw.close()
+    assert gw.stats.batch_writes == 5
