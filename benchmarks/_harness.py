@@ -1348,3 +1348,15 @@ def bursty_summary(results: dict[str, BurstyResult], bcfg: BurstyConfig | None =
                     "cpu_per_delivery_sustained_max": BURSTY_CPU_TARGETS},
     }
     return lines, doc
+
+
+def write_results(terminalreporter, path: Path, doc: dict) -> None:
+    """Write a results document atomically and say where (or why not) on the terminal."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, path)
+        terminalreporter.write_line(f"written to {path}")
+    except OSError as exc:
+        terminalreporter.write_line(f"could not write {path}: {exc}")

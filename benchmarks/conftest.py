@@ -8,7 +8,6 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -92,17 +91,6 @@ def bursty_results() -> dict[str, _harness.BurstyResult]:
     return BURSTY_RESULTS
 
 
-def _write_json(terminalreporter, path: Path, doc: dict) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-        os.replace(tmp, path)
-        terminalreporter.write_line(f"written to {path}")
-    except OSError as exc:
-        terminalreporter.write_line(f"could not write {path}: {exc}")
-
-
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print the fan-out and bursty tables (also with --benchmark-disable) and write them as JSON."""
     if FANOUT_RESULTS:
@@ -110,7 +98,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("=", "fan-out summary")
         for line in lines:
             terminalreporter.write_line(line)
-        _write_json(terminalreporter, load_config().results_path, doc)
+        _harness.write_results(terminalreporter, load_config().results_path, doc)
     if BURSTY_RESULTS:
         bcfg = _BURSTY_CONFIG[0] if _BURSTY_CONFIG else None
         lines, doc = bursty_summary(BURSTY_RESULTS, bcfg)
@@ -118,4 +106,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in lines:
             terminalreporter.write_line(line)
         if bcfg is not None:
-            _write_json(terminalreporter, bcfg.results_path, doc)
+            _harness.write_results(terminalreporter, bcfg.results_path, doc)

@@ -33,7 +33,6 @@ assertions check round trips.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import random
 import statistics
@@ -218,11 +217,6 @@ class _Summary:
         terminalreporter.write_sep("=", "wire size per location_update")
         for line in lines:
             terminalreporter.write_line(line)
-        try:
-            RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-            tmp = RESULTS_PATH.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(doc, indent=2) + "\n")
-            os.replace(tmp, RESULTS_PATH)
-            terminalreporter.write_line(f"written to {RESULTS_PATH}")
-        except OSError as exc:
-            terminalreporter.write_line(f"could not write {RESULTS_PATH}: {exc}")
+        from _harness import write_results  # benchmarks/ is on sys.path (conftest.py)
+
+        write_results(terminalreporter, RESULTS_PATH, doc)

@@ -148,9 +148,9 @@ class MessageIds:
 
     __slots__ = ("_prefix", "_counter")
 
-    def __init__(self, node_id: str | None = None) -> None:
+    def __init__(self, node_id: str | None = None, start: int = 1) -> None:
         self._prefix = (node_id or os.urandom(4).hex()) + "-"
-        self._counter = itertools.count(1)
+        self._counter = itertools.count(start)
 
     def next(self) -> str:
         return self._prefix + _base36(next(self._counter))

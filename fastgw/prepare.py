@@ -18,10 +18,6 @@ from fastgw.profiles import Compression, Encoding, Profile
 
 __all__ = ["PreparedMessage", "Codecs"]
 
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-
-
 class PreparedMessage:
     __slots__ = ("channel", "envelope", "message_type", "_core", "_codecs", "_parsed", "_payloads", "_frames")
 
@@ -79,13 +75,13 @@ class PreparedMessage:
         cached = self._frames.get(encoding)
         if cached is None:
             payload = self.payload(encoding.profile)
-            build = self._core.build_frame
+            core = self._core
             if encoding.compression is Compression.ZSTD:
-                cached = build(self._codecs.zstd().compress(payload), OP_BINARY)
+                cached = core.build_frame(self._codecs.zstd().compress(payload), core.OP_BINARY)
             elif encoding.compression is Compression.DEFLATE:
-                cached = build(self._codecs.deflate(payload), OP_TEXT, True)
+                cached = core.build_frame(self._codecs.deflate(payload), core.OP_TEXT, True)
             else:
-                cached = build(payload, OP_TEXT)
+                cached = core.build_frame(payload, core.OP_TEXT)
             self._frames[encoding] = cached
         return cached
 

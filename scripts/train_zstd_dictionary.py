@@ -67,7 +67,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from fastgw.messages import iso_from_epoch  # noqa: E402
+from fastgw.messages import MessageIds, iso_from_epoch  # noqa: E402
 from fastgw.protocol.native import channel_message  # noqa: E402
 from fastgw.sources.simulator import SYSTEM_CHANNEL, Simulator  # noqa: E402
 from fastgw.transit.gtfs import Feed, load_feed  # noqa: E402
@@ -176,27 +176,16 @@ def envelope(publish: Publish, profile: str = "full", reduce: Callable[[dict, in
     return channel_message(publish.channel, message, publish.timestamp, publish.message_id)
 
 
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if n == 0:
-            return out
-
-
 class _Node:
     """A gateway node's message ids (``<8 hex>-<base36 counter>``) and publish clock."""
 
     def __init__(self, rng: random.Random) -> None:
-        self.prefix = f"{rng.getrandbits(32):08x}-"
+        node_id = f"{rng.getrandbits(32):08x}"
         # A node that has been up for a while: counters of 4-6 base36 digits.
-        self.counter = rng.randrange(50_000, 500_000_000)
+        self._ids = MessageIds(node_id, start=rng.randrange(50_000, 500_000_000) + 1)
 
     def next_id(self) -> str:
-        self.counter += 1
-        return self.prefix + _base36(self.counter)
+        return self._ids.next()
 
 
 def _windows(seed: int, times: Iterable[str], years: tuple[int, int]) -> list[float]:
