@@ -41,6 +41,16 @@ def main() -> None:
               help="Public channels without a token (always on when no key is configured).")
 @click.option("--no-simulator", envvar="FASTGW_NO_SIMULATOR", is_flag=True, default=False,
               help="Do not run the built-in BMTC bus simulator.")
+@click.option("--simulator", "force_simulator", envvar="FASTGW_SIMULATOR", is_flag=True, default=False,
+              help="Run the simulator even with --kafka (it is on by default only without Kafka).")
+@click.option("--kafka", envvar="FASTGW_KAFKA", default=None, metavar="HOST:PORT",
+              help="Consume location reports, alerts, notifications and user events from Kafka.")
+@click.option("--kafka-topic", "kafka_topics", envvar="FASTGW_KAFKA_TOPIC", multiple=True, metavar="ROLE=TOPIC",
+              help="Override a topic (roles: location, alerts, notifications, user_events). Repeatable.")
+@click.option("--kafka-group-prefix", envvar="FASTGW_KAFKA_GROUP_PREFIX", default="fastgw", show_default=True,
+              help="Consumer group of each role is PREFIX.ROLE.")
+@click.option("--kafka-dlq-topic", envvar="FASTGW_KAFKA_DLQ_TOPIC", default="fastgw.dlq", show_default=True,
+              help="Dead-letter topic for records that fail validation.")
 @click.option("--simulator-buses", envvar="FASTGW_SIMULATOR_BUSES", default=200, show_default=True, type=int)
 @click.option("--heartbeat", envvar="FASTGW_HEARTBEAT", default=30.0, show_default=True, type=float,
               help="Seconds between pings; no pong within half of it closes the connection.")
@@ -61,7 +71,8 @@ def main() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
     host: str, port: int, max_connections: int, jwt_secret: str | None, jwt_public_key: str | None,
-    allow_anonymous: bool, no_simulator: bool, simulator_buses: int, heartbeat: float,
+    allow_anonymous: bool, no_simulator: bool, force_simulator: bool, kafka: str | None,
+    kafka_topics: tuple[str, ...], kafka_group_prefix: str, kafka_dlq_topic: str, simulator_buses: int, heartbeat: float,
     max_subscriptions: int, max_frame_size: int, outbound_limit: int, window_full: int, window_cellular: int,
     window_slow: int, backlog: int | None, log_level: str,
 ) -> None:
@@ -71,7 +82,9 @@ def serve(
         config = Config(
             host=host, port=port, max_connections=max_connections, jwt_secret=jwt_secret,
             jwt_public_key=_read_key(jwt_public_key), allow_anonymous=allow_anonymous,
-            simulator=not no_simulator, simulator_buses=simulator_buses, heartbeat=heartbeat,
+            simulator=not no_simulator and (force_simulator or not kafka), simulator_buses=simulator_buses,
+            kafka=kafka, kafka_topics=_parse_topics(kafka_topics), kafka_group_prefix=kafka_group_prefix,
+            kafka_dlq_topic=kafka_dlq_topic, heartbeat=heartbeat,
             max_subscriptions=max_subscriptions, max_frame_size=max_frame_size, outbound_limit=outbound_limit,
             window_full_ms=window_full, window_cellular_ms=window_cellular, window_slow_ms=window_slow,
             backlog=backlog or system_somaxconn(),
@@ -87,6 +100,19 @@ def serve(
 
     raise_open_files_limit(config.max_connections)
     _run(config)
+
+
+def _parse_topics(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    from fastgw.sources.kafka import DEFAULT_TOPICS
+
+    parsed = []
+    for pair in pairs:
+        role, sep, topic = pair.partition("=")
+        if not sep or role not in DEFAULT_TOPICS or not topic:
+            raise click.BadParameter(f"{pair!r}: expected ROLE=TOPIC with ROLE one of {', '.join(DEFAULT_TOPICS)}",
+                                     param_hint="--kafka-topic")
+        parsed.append((role, topic))
+    return tuple(parsed)
 
 
 def _run(config: Config) -> None:
@@ -113,6 +139,24 @@ def _run(config: Config) -> None:
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve_until_signalled())
+
+
+@main.command()
+@click.option("--kafka", envvar="FASTGW_KAFKA", required=True, metavar="HOST:PORT", help="Kafka bootstrap servers.")
+@click.option("--buses", default=200, show_default=True, type=int, help="Simulated buses (spread over the 40 routes).")
+@click.option("--rate", default=200.0, show_default=True, type=float, help="Location reports per second, in all.")
+@click.option("--format", "fmt", type=click.Choice(["json", "gtfs-rt"]), default="json", show_default=True)
+@click.option("--duration", default=60.0, show_default=True, type=float, help="Seconds to run.")
+@click.option("--topic", default="location-updates", show_default=True)
+@click.option("--seed", default=None, type=int, help="Seed for the simulator's noise (reproducible runs).")
+def simulate(kafka: str, buses: int, rate: float, fmt: str, duration: float, topic: str, seed: int | None) -> None:
+    """Produce simulated BMTC bus location reports to Kafka (JSON LocationData or GTFS-RT)."""
+    from fastgw.sources.reports import produce_reports
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    produced = asyncio.run(produce_reports(
+        kafka, topic=topic, buses=buses, rate=rate, fmt=fmt, duration=duration, seed=seed))  # type: ignore[arg-type]
+    click.echo(f"produced {produced} location reports to {topic}")
 
 
 @main.command()

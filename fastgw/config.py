@@ -60,6 +60,12 @@ class Config:
     window_full_ms: int = 0
     window_cellular_ms: int = 100
     window_slow_ms: int = 500
+    #: Kafka bootstrap servers (``HOST:PORT[,HOST:PORT]``); None = no Kafka source.
+    kafka: str | None = None
+    #: role → topic overrides (roles: location, alerts, notifications, user_events).
+    kafka_topics: tuple[tuple[str, str], ...] = ()
+    kafka_group_prefix: str = "fastgw"
+    kafka_dlq_topic: str = "fastgw.dlq"
     #: Seconds advertised in Retry-After when the instance refuses a connection.
     retry_after: int = 5
     node_id: str = field(default_factory=lambda: os.urandom(4).hex())

@@ -76,6 +76,7 @@ class Gateway:
         self._upgrading = 0  # upgrades in flight count toward the connection limit
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self.kafka: Any = None  # KafkaSource when --kafka is set
         self.port: int | None = None
         self.app = self._build_app()
 
@@ -106,6 +107,8 @@ class Gateway:
         self.port = sock.getsockname()[1]
         if cfg.simulator:
             self._start_simulator()
+        if cfg.kafka:
+            self._start_kafka()
         log.info(
             "fastgw listening on %s:%s (core=%s, anonymous=%s, simulator=%s)",
             cfg.host, self.port, _implementation_name(self.core),
@@ -118,6 +121,20 @@ class Gateway:
 
         sim = Simulator(self.hub.publish, max_buses=self.config.simulator_buses, interval=self.config.simulator_interval)
         self._tasks.append(asyncio.create_task(sim.run(), name="fastgw-simulator"))
+
+    def _start_kafka(self) -> None:
+        from fastgw.processing.pipeline import build_processors
+        from fastgw.sources.kafka import DEFAULT_TOPICS, KafkaSettings, KafkaSource
+
+        cfg = self.config
+        settings = KafkaSettings(
+            bootstrap=cfg.kafka or "",
+            topics={**DEFAULT_TOPICS, **dict(cfg.kafka_topics)},
+            group_prefix=cfg.kafka_group_prefix,
+            dlq_topic=cfg.kafka_dlq_topic,
+        )
+        self.kafka = KafkaSource(settings, self.hub.publish, build_processors())
+        self._tasks.append(asyncio.create_task(self.kafka.run(), name="fastgw-kafka"))
 
     async def stop(self) -> None:
         """Refuse new connections, close open ones with 1001, release the port."""
@@ -358,6 +375,12 @@ class Gateway:
         self._admin(request)
         snapshot = self.stats.snapshot()
         snapshot["channels"] = self.hub.channels()
+        if self.kafka is not None:
+            k = self.kafka.stats
+            snapshot["kafka"] = {
+                "records": dict(k.records), "published": dict(k.published), "rejected": dict(k.rejected),
+                "dead_lettered": k.dead_lettered, "commits": k.commits, "reconnects": k.reconnects,
+            }
         snapshot["node"] = self.config.node_id
         return _json(snapshot)
 
