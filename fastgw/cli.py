@@ -129,7 +129,10 @@ def _run(config: Config) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        logging.getLogger("fastgw").info("stopping: closing %d connections", len(gateway.connections))
+        log = logging.getLogger("fastgw")
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a repeated signal must not cut the drain short
+            loop.add_signal_handler(sig, log.info, "already stopping")
+        log.info("stopping: closing %d connections", len(gateway.connections))
         await gateway.stop()
 
     try:

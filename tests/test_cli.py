@@ -33,6 +33,7 @@ class ServeProcess:
         self.port = free_port()
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("FASTGW_")}
         full_env = {**inherited, "FASTGW_HOST": "127.0.0.1", "FASTGW_PORT": str(self.port), **env}
+        self.terminated = False
         self.proc = subprocess.Popen([sys.executable, "-m", "fastgw", "serve"], env=full_env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -55,9 +56,16 @@ class ServeProcess:
             return "(still running)"
         return self.proc.stdout.read().decode(errors="replace")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """SIGTERM once: the graceful shutdown starts (a second one would kill it outright)."""
+        if not self.terminated:
+            self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        """Terminate (unless already done) and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.terminate()
             try:
                 return self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
