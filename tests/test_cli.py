@@ -132,7 +132,7 @@ async def test_token_command_and_sigterm_closes_with_1001(serve):
         assert err.value.status == 401
         async with s.ws_connect(f"ws://{base}/ws", headers={"Authorization": f"Bearer {admin}"}) as ws:
             await ws.receive_json(timeout=5)
-            gw.proc.send_signal(signal.SIGTERM)
+            gw.terminate()
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
     assert gw.stop() == 0
