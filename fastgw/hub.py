@@ -104,6 +104,7 @@ class Hub:
         on_overflow: Callable[[Connection], None] | None = None,
         clock: Callable[[], str] = iso_now,
         outbound_limit: int = 1024 * 1024,
+        offline: Any = None,
     ) -> None:
         self.broker = broker
         self.stats = stats or Stats()
@@ -116,6 +117,8 @@ class Hub:
         self.clock = clock
         self._channels: dict[str, _Subscribers] = {}
         self._batcher_owners: dict[Any, Connection] = {}
+        #: Offline queue for ``user:{id}:notifications`` (MemoryOfflineQueue), or None.
+        self.offline = offline
         self.codecs = Codecs()
         broker.set_handler(self.deliver)
 
@@ -182,6 +185,10 @@ class Hub:
         message_id = self.ids.next()
         envelope = native.channel_message(channel, message, self.clock(), message_id)
         self.stats.messages_published += 1
+        user_id = _notification_owner(channel)
+        if user_id is not None and self.offline is not None and not self.subscriber_count(channel):
+            self.offline.store(user_id, envelope)  # replayed when the user subscribes again
+            return message_id
         self.broker.publish(channel, message["type"], envelope)
         return message_id
 
@@ -237,6 +244,13 @@ class Hub:
 
 
 _MISSING = object()
+
+
+def _notification_owner(channel: str) -> str | None:
+    """The user id of a ``user:{id}:notifications`` channel, else None."""
+    if channel.startswith("user:") and channel.endswith(":notifications"):
+        return channel[5:-14] or None
+    return None
 
 #: Connections flushed per event-loop callback (about 10–20 ms of socket writes).
 FLUSH_SLICE = 1024

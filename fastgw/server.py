@@ -22,7 +22,7 @@ from fastgw.channels import InvalidChannel, Principal, can_subscribe, parse_chan
 from fastgw.config import Config
 from fastgw.connection import Connection
 from fastgw.engines.base import Broker
-from fastgw.engines.memory import MemoryBroker
+from fastgw.engines.memory import MemoryBroker, MemoryOfflineQueue
 from fastgw.hub import Hub
 from fastgw.messages import MESSAGE_TYPES, MessageIds, iso_now
 from fastgw.profiles import (
@@ -58,6 +58,7 @@ class Gateway:
         self.core = core
         self.stats = Stats()
         self.broker: Broker = broker or MemoryBroker()
+        self.offline = MemoryOfflineQueue()
         self.hub = Hub(
             self.broker,
             stats=self.stats,
@@ -65,6 +66,7 @@ class Gateway:
             ids=MessageIds(config.node_id),
             on_overflow=self._drop_slow_consumer,
             outbound_limit=config.outbound_limit,
+            offline=self.offline,
         )
         self.auth = Authenticator(
             secret=config.jwt_secret,
@@ -280,7 +282,13 @@ class Gateway:
             conn.send(native.error(exc.request_id, exc.code, exc.message))
             return
         if isinstance(cmd, native.Subscribe):
-            conn.send(self._subscribe(conn, cmd))
+            reply = self._subscribe(conn, cmd)
+            conn.send(reply)
+            if cmd.channel == f"user:{conn.principal.user_id}:notifications" and reply.startswith(b'{"type":"subscribed"'):
+                self._replay_offline(conn)
+        elif isinstance(cmd, native.Ack):
+            if conn.principal.user_id is not None:
+                self.offline.ack(conn.principal.user_id, cmd.up_to)
         elif isinstance(cmd, native.Unsubscribe):
             self.hub.unsubscribe(conn, cmd.channel)
             conn.send(native.unsubscribed(cmd.id, cmd.channel))
@@ -301,6 +309,20 @@ class Gateway:
             return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection")
         count = self.hub.subscribe(conn, channel.name, cmd.types)
         return native.subscribed(cmd.id, channel.name, count)
+
+    def _replay_offline(self, conn: Connection) -> None:
+        """Send what was queued while the user was away, oldest first, then the sync marker
+        (nothing at all when nothing was queued).
+
+        Nothing is removed here: the client's ``ack`` trims the queue, so a connection
+        lost mid-replay gets the same messages again next time.
+        """
+        pending = self.offline.pending(conn.principal.user_id or "")
+        if not pending:
+            return
+        for seq, envelope in pending:
+            conn.send(native.queued_message(seq, envelope))
+        conn.send(native.queue_sync_complete(len(pending), iso_now(), pending[-1][0]))
 
     def _hello(self, conn: Connection, cmd: native.Hello) -> bytes:
         try:

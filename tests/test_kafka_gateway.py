@@ -213,3 +213,27 @@ async def test_simulate_command_produces_records_the_processor_accepts(kafka_boo
         outputs = location.process(record.value, record.key, record.timestamp)
         updates += sum(1 for o in outputs if o.message["type"] == "location_update" and o.channel == "system:all_updates")
     assert updates >= (produced if fmt == "json" else 1)
+
+
+async def test_notification_for_offline_user_is_queued_before_commit(kafka_bootstrap):
+    test_id = f"t{uuid.uuid4().hex[:8]}"
+    gw = await start_gateway(kafka_bootstrap, test_id)
+    try:
+        record = orjson.dumps({"notification_id": "n1", "user_id": "rider5", "title": "Your bus is near",
+                               "body": "500-D is 2 stops away", "category": "trip",
+                               "timestamp": int(time.time() * 1000)})
+        await produce(kafka_bootstrap, f"{test_id}.notifications", [(b"rider5", record)])
+        # stored in the offline queue, then committed
+        assert await eventually(lambda: gw.offline.pending("rider5") and gw.kafka.stats.commits >= 1, timeout=30)
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"ws://127.0.0.1:{gw.port}/ws?token={token('rider5')}")
+            await ws.receive_json(timeout=5)
+            await ws.send_json({"type": "subscribe", "id": "n", "channel": "user:rider5:notifications"})
+            assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
+            queued = await ws.receive_json(timeout=5)
+            assert queued["type"] == "queued_message"
+            assert queued["message"]["message"]["title"] == "Your bus is near"
+            assert (await ws.receive_json(timeout=5))["type"] == "queue_sync_complete"
+            await ws.close()
+    finally:
+        await gw.stop()

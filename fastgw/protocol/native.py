@@ -20,6 +20,7 @@ __all__ = [
     "Unsubscribe",
     "Ping",
     "Hello",
+    "Ack",
     "Command",
     "parse_command",
     "welcome",
@@ -28,6 +29,8 @@ __all__ = [
     "error",
     "pong",
     "profile",
+    "queued_message",
+    "queue_sync_complete",
     "channel_message",
 ]
 
@@ -72,7 +75,15 @@ class Hello:
     connection_type: str | None = None
 
 
-Command = Union[Subscribe, Unsubscribe, Ping, Hello]
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The client has the queued messages up to and including sequence ``up_to``."""
+
+    id: str | None
+    up_to: int
+
+
+Command = Union[Subscribe, Unsubscribe, Ping, Hello, Ack]
 
 
 def parse_command(text: str) -> Command:
@@ -91,6 +102,11 @@ def parse_command(text: str) -> Command:
         return Unsubscribe(request_id, _channel(obj, request_id))
     if kind == "ping":
         return Ping(request_id)
+    if kind == "ack":
+        up_to = obj.get("upTo")
+        if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to < 0:
+            raise ProtocolError("bad_request", "upTo must be a non-negative integer", request_id)
+        return Ack(request_id, up_to)
     if kind == "hello":
         profile, connection_type = obj.get("profile"), obj.get("connection_type")
         if profile is None and connection_type is None:
@@ -183,6 +199,17 @@ def error(request_id: str | None, code: str, message: str) -> bytes:
 
 def pong(request_id: str | None, server_time: str) -> bytes:
     return orjson.dumps({"type": "pong", "id": request_id, "serverTime": server_time})
+
+
+def queued_message(seq: int, envelope: bytes) -> bytes:
+    """One message kept while the user was offline; ``message`` is its channel_message."""
+    return b'{"type":"queued_message","seq":' + str(seq).encode() + b',"message":' + envelope + b"}"
+
+
+def queue_sync_complete(message_count: int, synced_at: str, up_to: int) -> bytes:
+    return orjson.dumps(
+        {"type": "queue_sync_complete", "message_count": message_count, "synced_at": synced_at, "upTo": up_to}
+    )
 
 
 def channel_message(channel: str, message: Any, timestamp: str, message_id: str) -> bytes:
