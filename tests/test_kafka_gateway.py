@@ -237,3 +237,25 @@ async def test_notification_for_offline_user_is_queued_before_commit(kafka_boots
             await ws.close()
     finally:
         await gw.stop()
+
+
+async def test_broker_down_at_start_up_then_back(kafka_bootstrap, kafka_control):
+    test_id = f"t{uuid.uuid4().hex[:8]}"
+    await kafka_control.stop()
+    gw = await start_gateway(kafka_bootstrap, test_id)
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await ws_client(gw, session, "route:500-D:UP")  # WebSockets are served meanwhile
+            assert await eventually(lambda: gw.kafka.stats.reconnects >= 1, timeout=30)
+            await kafka_control.start()
+            await produce(kafka_bootstrap, f"{test_id}.location", [(b"500-D", location_record(1, vehicle="late"))])
+            deadline = time.monotonic() + 60
+            got = None
+            while got is None and time.monotonic() < deadline:
+                msg = await ws.receive_json(timeout=60)
+                if msg["type"] == "channel_message":
+                    got = msg["message"]["vehicle_id"]
+            assert got == "late"
+            await ws.close()
+    finally:
+        await gw.stop()
