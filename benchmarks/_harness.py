@@ -801,7 +801,7 @@ def fill_result(result: FanoutResult, records: list[RoundRecord], cfg: BenchConf
 # schedule; several fleet processes if asked (``FASTGW_BENCH_FLEETS``).
 
 DEFAULT_BURSTY_RESULTS = RESULTS_DIR / "bursty-latest.json"
-ZSTD_SUBPROTOCOL = "fastgw.v1.zstd"
+from fastgw.profiles import ZSTD_SUBPROTOCOL  # noqa: E402  (the server's own constant)
 
 
 def _env_float(name: str, default: float) -> float:

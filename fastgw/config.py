@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 __all__ = ["Config", "system_somaxconn"]
 
@@ -91,6 +91,3 @@ class Config:
         """Anonymous access is on when asked for, or when no key is configured at all
         (a fresh ``fastgw serve`` then shows public channels; nothing else is reachable)."""
         return self.allow_anonymous or not self.auth_configured
-
-    def with_(self, **changes: object) -> "Config":
-        return replace(self, **changes)  # type: ignore[arg-type]

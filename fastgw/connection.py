@@ -81,9 +81,5 @@ class Connection:
             self._on_overflow(self)
         return bool(written)
 
-    @property
-    def closing(self) -> bool:
-        return self.transport is None or self.transport.is_closing()
-
     def __repr__(self) -> str:
         return f"<Connection {self.session_id} user={self.principal.user_id!r}>"

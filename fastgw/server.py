@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from fastgw import core as default_core
 from fastgw.auth import AuthError, Authenticator, token_from_request_parts
-from fastgw.channels import InvalidChannel, Principal, can_subscribe, parse_channel
+from fastgw.channels import Access, Channel, InvalidChannel, Principal, can_subscribe, parse_channel
 from fastgw.config import Config
 from fastgw.connection import Connection
 from fastgw.engines.base import Broker
@@ -282,10 +282,10 @@ class Gateway:
             conn.send(native.error(exc.request_id, exc.code, exc.message))
             return
         if isinstance(cmd, native.Subscribe):
-            reply = self._subscribe(conn, cmd)
+            reply, channel = self._subscribe(conn, cmd)
             conn.send(reply)
-            if cmd.channel == f"user:{conn.principal.user_id}:notifications" and reply.startswith(b'{"type":"subscribed"'):
-                self._replay_offline(conn)
+            if channel is not None and channel.access is Access.OWNER:
+                self._replay_offline(conn)  # the user's own notifications: what was kept offline
         elif isinstance(cmd, native.Ack):
             if conn.principal.user_id is not None:
                 self.offline.ack(conn.principal.user_id, cmd.up_to)
@@ -297,18 +297,19 @@ class Gateway:
         else:
             conn.send(native.pong(cmd.id, iso_now()))
 
-    def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> bytes:
+    def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> tuple[bytes, Channel | None]:
+        """The reply to a subscribe request, and the channel if the subscription was made."""
         try:
             channel = parse_channel(cmd.channel)
         except InvalidChannel as exc:
-            return native.error(cmd.id, "invalid_channel", str(exc))
+            return native.error(cmd.id, "invalid_channel", str(exc)), None
         if not can_subscribe(channel, conn.principal):
-            return native.error(cmd.id, "forbidden", f"not allowed to subscribe to {channel.name}")
+            return native.error(cmd.id, "forbidden", f"not allowed to subscribe to {channel.name}"), None
         limit = self.config.max_subscriptions
         if channel.name not in conn.subscriptions and len(conn.subscriptions) >= limit:
-            return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection")
+            return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection"), None
         count = self.hub.subscribe(conn, channel.name, cmd.types)
-        return native.subscribed(cmd.id, channel.name, count)
+        return native.subscribed(cmd.id, channel.name, count), channel
 
     def _replay_offline(self, conn: Connection) -> None:
         """Send what was queued while the user was away, oldest first, then the sync marker

@@ -32,9 +32,6 @@ class MemoryBroker:
     def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
 
-    def has_subscribers(self, channel: str) -> bool:
-        return channel in self._channels
-
     async def close(self) -> None:
         self._channels.clear()
 
