@@ -67,6 +67,25 @@ def main() -> None:
               help="Flush window of the slow profile, ms.")
 @click.option("--backlog", envvar="FASTGW_BACKLOG", default=None, type=int,
               help="Listen backlog [default: net.core.somaxconn].")
+@click.option("--redis", envvar="FASTGW_REDIS", default=None, metavar="URL",
+              help="redis://HOST:PORT/DB: many gateway processes act as one (broker, presence, offline queues, "
+                   "resume history in Redis).")
+@click.option("--redis-cluster", envvar="FASTGW_REDIS_CLUSTER", is_flag=True, default=False,
+              help="--redis names a Redis Cluster node; use sharded pub/sub (Redis >= 7).")
+@click.option("--redis-prefix", envvar="FASTGW_REDIS_PREFIX", default="fastgw", show_default=True,
+              help="Prefix of every Redis key and channel.")
+@click.option("--workers", envvar="FASTGW_WORKERS", default=1, show_default=True, type=int,
+              help="Worker processes sharing the port (SO_REUSEPORT); above 1 needs --redis.")
+@click.option("--offline-max-messages", envvar="FASTGW_OFFLINE_MAX_MESSAGES", default=100, show_default=True,
+              type=int, help="Notifications kept per offline user (newest kept).")
+@click.option("--offline-retention", envvar="FASTGW_OFFLINE_RETENTION", default=86400.0, show_default=True,
+              type=float, help="Seconds an offline notification is kept.")
+@click.option("--resume-grace", envvar="FASTGW_RESUME_GRACE", default=120.0, show_default=True, type=float,
+              help="Seconds a disconnected session can be resumed.")
+@click.option("--history-size", envvar="FASTGW_HISTORY_SIZE", default=1000, show_default=True, type=int,
+              help="Messages of recent history kept per channel for session resume.")
+@click.option("--history-ttl", envvar="FASTGW_HISTORY_TTL", default=300.0, show_default=True, type=float,
+              help="Seconds of recent history kept per channel for session resume.")
 @click.option("--log-level", envvar="FASTGW_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
@@ -74,7 +93,9 @@ def serve(
     allow_anonymous: bool, no_simulator: bool, force_simulator: bool, kafka: str | None,
     kafka_topics: tuple[str, ...], kafka_group_prefix: str, kafka_dlq_topic: str, simulator_buses: int, heartbeat: float,
     max_subscriptions: int, max_frame_size: int, outbound_limit: int, window_full: int, window_cellular: int,
-    window_slow: int, backlog: int | None, log_level: str,
+    window_slow: int, backlog: int | None, redis: str | None, redis_cluster: bool, redis_prefix: str, workers: int,
+    offline_max_messages: int, offline_retention: float, resume_grace: float, history_size: int,
+    history_ttl: float, log_level: str,
 ) -> None:
     """Run the gateway (single node, in-memory broker, built-in simulator by default)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -87,7 +108,10 @@ def serve(
             kafka_dlq_topic=kafka_dlq_topic, heartbeat=heartbeat,
             max_subscriptions=max_subscriptions, max_frame_size=max_frame_size, outbound_limit=outbound_limit,
             window_full_ms=window_full, window_cellular_ms=window_cellular, window_slow_ms=window_slow,
-            backlog=backlog or system_somaxconn(),
+            backlog=backlog or system_somaxconn(), redis=redis, redis_cluster=redis_cluster,
+            redis_prefix=redis_prefix, workers=workers, offline_max_messages=offline_max_messages,
+            offline_retention=offline_retention, resume_grace=resume_grace, history_size=history_size,
+            history_ttl=history_ttl,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -69,6 +69,27 @@ class Config:
     #: Seconds advertised in Retry-After when the instance refuses a connection.
     retry_after: int = 5
     node_id: str = field(default_factory=lambda: os.urandom(4).hex())
+    #: Redis URL (``redis://HOST:PORT/DB``): broker, presence, offline queues, history and
+    #: sessions live in Redis and many gateway processes act as one. None = in memory.
+    redis: str | None = None
+    #: ``redis`` names a seed node of a Redis Cluster; sharded pub/sub (Redis >= 7).
+    redis_cluster: bool = False
+    #: Prefix of every Redis key and pub/sub channel this gateway uses.
+    redis_prefix: str = "fastgw"
+    #: Messages kept for publishing while Redis is unreachable (beyond: counted as lost).
+    redis_outage_buffer: int = 10_000
+    #: Worker processes sharing the port (SO_REUSEPORT); more than one needs ``redis``.
+    workers: int = 1
+    #: Offline queue per user: newest messages kept, and for how long (seconds).
+    offline_max_messages: int = 100
+    offline_retention: float = 24 * 3600.0
+    #: Session resume: how long a disconnected session can be resumed (seconds), and the
+    #: per-channel history it recovers from (entries, seconds).
+    resume_grace: float = 120.0
+    history_size: int = 1000
+    history_ttl: float = 300.0
+    #: Seconds between instance-registry refreshes (the entry lives three times as long).
+    instance_refresh: float = 5.0
 
     def __post_init__(self) -> None:
         if self.jwt_secret and self.jwt_public_key:
@@ -77,6 +98,14 @@ class Config:
             raise ValueError("max_connections must be at least 1")
         if self.heartbeat <= 0:
             raise ValueError("heartbeat must be positive")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.redis:
+            raise ValueError("--workers above 1 needs --redis: workers act as one gateway through Redis")
+        if self.redis_cluster and not self.redis:
+            raise ValueError("--redis-cluster needs --redis URL of a cluster node")
+        if self.offline_max_messages < 1 or self.history_size < 1:
+            raise ValueError("offline_max_messages and history_size must be at least 1")
 
     def window_for(self, profile: str) -> float:
         """The flush window of ``profile`` in seconds."""

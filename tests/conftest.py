@@ -18,7 +18,7 @@ try:
 except ImportError as exc:  # the compiled module is part of the build: its absence is a failure
     raise RuntimeError("fastgw._core is not built; run `pip install -e .` first") from exc
 
-pytest_plugins = ["tests.kafka_broker"]  # the real Kafka broker fixtures
+pytest_plugins = ["tests.kafka_broker", "tests.redis_server"]  # real Kafka broker and redis-server fixtures
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 IMPLEMENTATIONS = {"cython": _core_c, "python": _core_py}
