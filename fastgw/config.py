@@ -80,6 +80,9 @@ class Config:
     redis_outage_buffer: int = 10_000
     #: Worker processes sharing the port (SO_REUSEPORT); more than one needs ``redis``.
     workers: int = 1
+    #: Set in worker processes of ``--workers N``: bind with SO_REUSEPORT; index 0..N-1.
+    reuse_port: bool = False
+    worker_index: int | None = None
     #: Offline queue per user: newest messages kept, and for how long (seconds).
     offline_max_messages: int = 100
     offline_retention: float = 24 * 3600.0

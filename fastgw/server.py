@@ -103,7 +103,7 @@ class Gateway:
         cfg = self.config
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        sock = _listening_socket(cfg.host, cfg.port)
+        sock = _listening_socket(cfg.host, cfg.port, reuse_port=cfg.reuse_port)
         site = web.SockSite(self._runner, sock, backlog=cfg.backlog)
         await site.start()
         self.port = sock.getsockname()[1]
@@ -450,10 +450,12 @@ def _implementation_name(core: ModuleType) -> str:
     return name or ("python" if core.__name__.endswith("_py") else "cython")
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # --workers: the kernel spreads new connections over the workers' sockets
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.setblocking(False)
     return sock
