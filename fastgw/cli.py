@@ -84,7 +84,7 @@ def main() -> None:
               help="Seconds a disconnected session can be resumed.")
 @click.option("--history-size", envvar="FASTGW_HISTORY_SIZE", default=1000, show_default=True, type=int,
               help="Messages of recent history kept per channel for session resume.")
-@click.option("--history-ttl", envvar="FASTGW_HISTORY_TTL", default=300.0, show_default=True, type=float,
+@click.option("--history-ttl", envvar="FASTGW_HISTORY_TTL", default=150.0, show_default=True, type=float,
               help="Seconds of recent history kept per channel for session resume.")
 @click.option("--log-level", envvar="FASTGW_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -140,7 +140,22 @@ def _parse_topics(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def _run(config: Config) -> None:
+    import dataclasses
+    import os
+
     from fastgw.server import Gateway
+    from fastgw.workers import WORKER_INDEX_ENV, run_workers, serve_argv
+
+    if config.workers > 1:  # this process supervises; the workers serve
+        sys.exit(run_workers(config, serve_argv(click.get_current_context())))
+    index = os.environ.get(WORKER_INDEX_ENV)  # set by the supervisor, not a user flag
+    if index is not None:
+        if not index.isdigit():
+            raise click.UsageError(f"{WORKER_INDEX_ENV}={index!r}: expected a worker index 0, 1, ...")
+        # only worker 0 runs the simulator: N simulators would publish every bus N times
+        config = dataclasses.replace(config, reuse_port=True, worker_index=int(index),
+                                     simulator=config.simulator and int(index) == 0)
+        logging.getLogger("fastgw").info("worker %s (pid %d, node %s)", index, os.getpid(), config.node_id)
 
     async def serve_until_signalled() -> None:
         gateway = Gateway(config)

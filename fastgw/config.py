@@ -90,7 +90,7 @@ class Config:
     #: per-channel history it recovers from (entries, seconds).
     resume_grace: float = 120.0
     history_size: int = 1000
-    history_ttl: float = 300.0
+    history_ttl: float = 150.0
     #: Seconds between instance-registry refreshes (the entry lives three times as long).
     instance_refresh: float = 5.0
 

@@ -32,6 +32,7 @@ class Connection:
         "encoding",
         "window",
         "batcher",
+        "device",
         "_core",
         "_on_overflow",
     )
@@ -47,8 +48,11 @@ class Connection:
         on_overflow: Callable[["Connection"], None],
         encoding: Encoding = FULL,
         window: float = 0.0,
+        device: str = "unknown",
     ) -> None:
         self.session_id = session_id
+        #: Client kind (``android``, ``ios``, ``web``, ``unknown``): presence and metrics.
+        self.device = device
         self.principal = principal
         self.transport: asyncio.Transport | None = transport
         self.outbound_limit = outbound_limit
@@ -74,9 +78,13 @@ class Connection:
 
     def send(self, payload: bytes) -> bool:
         """Frame ``payload`` as one text frame and write it, under the outbound limit."""
+        return self.send_frame(self._core.build_frame(payload))
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write one ready WebSocket frame, under the outbound limit."""
         if self.transport is None:
             return False
-        written, overflowed = self._core.fanout(self._core.build_frame(payload), [self.transport], self.outbound_limit)
+        written, overflowed = self._core.fanout(frame, [self.transport], self.outbound_limit)
         if overflowed:
             self._on_overflow(self)
         return bool(written)

@@ -59,15 +59,20 @@ class _Subscribers:
     transport/batcher lists, rebuilt only after a change.
     """
 
-    __slots__ = ("members", "_targets")
+    __slots__ = ("members", "_targets", "position", "recovering")
 
     def __init__(self) -> None:
         #: connection → message-type filter (None = every type); insertion-ordered
         self.members: dict[Connection, frozenset[str] | None] = {}
         self._targets: dict[str, list[_Group]] = {}
+        #: History position of the last message delivered here (None: none yet).
+        self.position: str | None = None
+        #: Connections resuming a session: messages are held for them, in order,
+        #: until their missed messages have been sent (see Hub.join_recovering).
+        self.recovering: dict[Connection, tuple[frozenset[str] | None, list[tuple[str | None, str, bytes]]]] = {}
 
     def __len__(self) -> int:
-        return len(self.members)
+        return len(self.members) + len(self.recovering)
 
     def changed(self) -> None:
         self._targets.clear()
@@ -104,7 +109,7 @@ class Hub:
         on_overflow: Callable[[Connection], None] | None = None,
         clock: Callable[[], str] = iso_now,
         outbound_limit: int = 1024 * 1024,
-        offline: Any = None,
+        on_count_change: Callable[[str, int], None] | None = None,
     ) -> None:
         self.broker = broker
         self.stats = stats or Stats()
@@ -117,8 +122,8 @@ class Hub:
         self.clock = clock
         self._channels: dict[str, _Subscribers] = {}
         self._batcher_owners: dict[Any, Connection] = {}
-        #: Offline queue for ``user:{id}:notifications`` (MemoryOfflineQueue), or None.
-        self.offline = offline
+        #: Told ``(channel, local subscriber count)`` when subscribers leave (presence).
+        self.on_count_change = on_count_change or (lambda channel, count: None)
         self.codecs = Codecs()
         broker.set_handler(self.deliver)
 
@@ -144,11 +149,42 @@ class Hub:
         subs = self._channels.get(channel)
         if subs is not None:
             subs.members.pop(conn, None)
+            subs.recovering.pop(conn, None)
             subs.changed()
             if not subs:
                 del self._channels[channel]
                 self.broker.unsubscribe(channel)
+            self.on_count_change(channel, len(subs))
         return True
+
+    def subscribe_recovering(self, conn: Connection, channel: str, types: frozenset[str] | None) -> int:
+        """Subscribe ``conn`` to ``channel`` while its missed messages are being fetched.
+
+        Live messages are held for it (not written) until :meth:`join_recovering`, so
+        the client gets missed and live messages in order, with no gap between them.
+        """
+        subs = self._channels.get(channel)
+        if subs is None:
+            subs = self._channels[channel] = _Subscribers()
+            self.broker.subscribe(channel)
+        subs.members.pop(conn, None)
+        subs.changed()
+        subs.recovering[conn] = (types, [])
+        conn.subscriptions[channel] = types
+        return len(subs)
+
+    def join_recovering(self, conn: Connection, channel: str) -> list[tuple[str | None, str, bytes]]:
+        """Turn a recovering subscription live; returns the messages held meanwhile,
+        as ``(position, message_type, envelope)`` (envelopes carry their offset)."""
+        subs = self._channels.get(channel)
+        if subs is None or conn not in subs.recovering:
+            return []
+        types, held = subs.recovering.pop(conn)
+        subs.members[conn] = types
+        subs.changed()
+        if conn.batcher is not None:
+            self._batcher_owners[conn.batcher] = conn
+        return held
 
     def remove(self, conn: Connection) -> None:
         """Drop every subscription of a closing connection, and whatever it had queued."""
@@ -178,6 +214,17 @@ class Hub:
     def channels(self) -> dict[str, int]:
         return {name: len(subs) for name, subs in self._channels.items()}
 
+    def position(self, channel: str) -> str | None:
+        """History position of the last message delivered on ``channel`` here, if any."""
+        subs = self._channels.get(channel)
+        return subs.position if subs is not None else None
+
+    def set_position(self, channel: str, position: str) -> None:
+        """Adopt ``position`` (fetched from the engine) unless a delivery got there first."""
+        subs = self._channels.get(channel)
+        if subs is not None and subs.position is None:
+            subs.position = position
+
     # --- messages ----------------------------------------------------------
 
     def publish(self, channel: str, message: dict[str, Any]) -> str:
@@ -185,23 +232,33 @@ class Hub:
         message_id = self.ids.next()
         envelope = native.channel_message(channel, message, self.clock(), message_id)
         self.stats.messages_published += 1
-        user_id = _notification_owner(channel)
-        if user_id is not None and self.offline is not None and not self.subscriber_count(channel):
-            self.offline.store(user_id, envelope)  # replayed when the user subscribes again
-            return message_id
+        # user notifications without a subscriber anywhere go to the offline queue (broker)
         self.broker.publish(channel, message["type"], envelope)
         return message_id
 
-    def deliver(self, channel: str, message_type: str, envelope: bytes) -> int:
+    def deliver(self, channel: str, message_type: str, envelope: bytes, position: str | None = None) -> int:
         """Hand one envelope to every local subscriber of ``channel``; returns deliveries.
+
+        ``position`` (the message's place in the channel history) is added to the
+        envelope as ``"offset"``: a client that resumes its session names the last
+        offset it received and gets what came after.
 
         Per group (encoding × window): the message is prepared once, then written
         at once to unbatched subscribers or queued in the batchers of the others
         (one flush timer for all batchers that this message made non-empty).
         """
         subs = self._channels.get(channel)
-        if not subs:
+        if subs is None:
             return 0
+        if position is not None:
+            subs.position = position
+            envelope = with_offset(envelope, position)
+        if subs.recovering:
+            for types, held in subs.recovering.values():
+                if types is None or message_type in types:
+                    held.append((position, message_type, envelope))
+            if not subs.members:
+                return 0
         core = self.core
         prepared = PreparedMessage(channel, envelope, message_type, core, self.codecs)
         delivered = 0
@@ -246,11 +303,9 @@ class Hub:
 _MISSING = object()
 
 
-def _notification_owner(channel: str) -> str | None:
-    """The user id of a ``user:{id}:notifications`` channel, else None."""
-    if channel.startswith("user:") and channel.endswith(":notifications"):
-        return channel[5:-14] or None
-    return None
+def with_offset(envelope: bytes, position: str) -> bytes:
+    """``envelope`` (a JSON object) with ``"offset":position`` appended: once per node per message."""
+    return b"%b,\"offset\":\"%b\"}" % (envelope[:-1], position.encode())
 
 #: Connections flushed per event-loop callback (about 10–20 ms of socket writes).
 FLUSH_SLICE = 1024

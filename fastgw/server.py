@@ -21,8 +21,8 @@ from fastgw.auth import AuthError, Authenticator, token_from_request_parts
 from fastgw.channels import Access, Channel, InvalidChannel, Principal, can_subscribe, parse_channel
 from fastgw.config import Config
 from fastgw.connection import Connection
-from fastgw.engines.base import Broker
-from fastgw.engines.memory import MemoryBroker, MemoryOfflineQueue
+from fastgw.engines import build_engine
+from fastgw.engines.base import Engine, notification_owner
 from fastgw.hub import Hub
 from fastgw.messages import MESSAGE_TYPES, MessageIds, iso_now
 from fastgw.profiles import (
@@ -35,11 +35,15 @@ from fastgw.profiles import (
 )
 from fastgw.protocol import native
 from fastgw.ratelimit import TokenBucket
+from fastgw.recovery import Recovery
 from fastgw.stats import CloseReason, Stats
 
 __all__ = ["Gateway", "CLOSE_SLOW_CONSUMER"]
 
 log = logging.getLogger("fastgw.server")
+
+#: Accepted values of the ``device`` query parameter (anything else counts as unknown).
+DEVICES = frozenset({"android", "ios", "web", "unknown"})
 
 #: Private-use close code: the client did not read fast enough.
 CLOSE_SLOW_CONSUMER = 4008
@@ -53,12 +57,15 @@ CLOSE_POLICY_VIOLATION = 1008
 class Gateway:
     """One gateway instance. ``await start()``, then ``await stop()``."""
 
-    def __init__(self, config: Config, *, core: ModuleType = default_core, broker: Broker | None = None) -> None:
+    def __init__(self, config: Config, *, core: ModuleType = default_core, engine: Engine | None = None) -> None:
         self.config = config
         self.core = core
         self.stats = Stats()
-        self.broker: Broker = broker or MemoryBroker()
-        self.offline = MemoryOfflineQueue()
+        #: Memory (one node) or Redis (many nodes acting as one): broker, offline
+        #: queue, history, sessions, presence.
+        self.engine: Engine = engine or build_engine(config)
+        self.broker = self.engine.broker
+        self.offline = self.engine.offline
         self.hub = Hub(
             self.broker,
             stats=self.stats,
@@ -66,8 +73,11 @@ class Gateway:
             ids=MessageIds(config.node_id),
             on_overflow=self._drop_slow_consumer,
             outbound_limit=config.outbound_limit,
-            offline=self.offline,
+            on_count_change=self.engine.presence.count_changed,
         )
+        self.recovery = Recovery(self.hub, self.engine, max_subscriptions=config.max_subscriptions)
+        #: Sessions of connections closed by the server, taken before unsubscribing them.
+        self._closing_snapshots: dict[Connection, Any] = {}
         self.auth = Authenticator(
             secret=config.jwt_secret,
             public_key=config.jwt_public_key,
@@ -94,6 +104,8 @@ class Gateway:
                 web.get("/healthz", self._handle_healthz),
                 web.get("/readyz", self._handle_readyz),
                 web.get("/dict/{dict_id}", self._handle_dictionary),
+                web.get("/api/instances", self._handle_instances),
+                web.get("/api/presence/{user_id}", self._handle_presence),
             ]
         )
         return app
@@ -101,6 +113,7 @@ class Gateway:
     async def start(self) -> int:
         """Bind, listen with the configured backlog, start the simulator. Returns the port."""
         cfg = self.config
+        await self.engine.start(self.hub.channels, lambda: list(self.connections))
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         sock = _listening_socket(cfg.host, cfg.port, reuse_port=cfg.reuse_port)
@@ -112,8 +125,8 @@ class Gateway:
         if cfg.kafka:
             self._start_kafka()
         log.info(
-            "fastgw listening on %s:%s (core=%s, anonymous=%s, simulator=%s)",
-            cfg.host, self.port, _implementation_name(self.core),
+            "fastgw listening on %s:%s (core=%s, engine=%s, anonymous=%s, simulator=%s)",
+            cfg.host, self.port, _implementation_name(self.core), self.engine.status()["engine"],
             cfg.anonymous_enabled, cfg.simulator,
         )
         return self.port
@@ -135,7 +148,7 @@ class Gateway:
             group_prefix=cfg.kafka_group_prefix,
             dlq_topic=cfg.kafka_dlq_topic,
         )
-        self.kafka = KafkaSource(settings, self.hub.publish, build_processors())
+        self.kafka = KafkaSource(settings, self.hub.publish, build_processors(), settle=self.broker.flush)
         self._tasks.append(asyncio.create_task(self.kafka.run(), name="fastgw-kafka"))
 
     async def stop(self) -> None:
@@ -150,9 +163,9 @@ class Gateway:
                 conn.close_reason = CloseReason.SHUTDOWN
             self._close_now(conn, CLOSE_GOING_AWAY, "server shutting down")
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # handlers finish: sessions saved for resume elsewhere
             self._runner = None
-        await self.broker.close()
+        await self.engine.close()
 
     # --- WebSocket ---------------------------------------------------------
 
@@ -190,6 +203,7 @@ class Gateway:
             return ws
 
         encoding = Encoding(profile, _negotiated_compression(ws))
+        device = request.query.get("device", "unknown")
         conn = Connection(
             secrets.token_urlsafe(12),
             principal,
@@ -199,18 +213,24 @@ class Gateway:
             on_overflow=self._drop_slow_consumer,
             encoding=encoding,
             window=cfg.window_for(profile.name),
+            device=device if device in DEVICES else "unknown",
         )
         self.connections.add(conn)
+        self.engine.presence.connected(conn.session_id, principal.user_id, conn.device)
         self.stats.connections_opened += 1
         self.stats.connections_active = len(self.connections)
         try:
             conn.send(self._welcome(conn))
             await self._read_loop(ws, conn)
         finally:
+            session = self._closing_snapshots.pop(conn, None) or self.recovery.snapshot(conn)
             self.hub.remove(conn)
             self.connections.discard(conn)
+            self.engine.presence.disconnected(conn.session_id, principal.user_id)
             self.stats.connections_active = len(self.connections)
             self.stats.connections_closed[(conn.close_reason or CloseReason.NORMAL).value] += 1
+            if session is not None:
+                await self.recovery.save(conn.session_id, session)
         return ws
 
     def _welcome(self, conn: Connection) -> bytes:
@@ -249,7 +269,7 @@ class Gateway:
             else:
                 continue
             if bucket.take():
-                self._handle_command(conn, text)
+                await self._handle_command(conn, text)
                 continue
             strikes += 1
             conn.send(native.error(None, "rate_limited", f"more than {cfg.client_rate:g} requests/s"))
@@ -275,20 +295,22 @@ class Gateway:
         except (CompressionError, UnicodeDecodeError):
             return None, CLOSE_INVALID_PAYLOAD, "invalid compressed frame"
 
-    def _handle_command(self, conn: Connection, text: str) -> None:
+    async def _handle_command(self, conn: Connection, text: str) -> None:
+        """One client request. Awaited by the read loop: a client's requests run in order."""
         try:
             cmd = native.parse_command(text)
         except native.ProtocolError as exc:
             conn.send(native.error(exc.request_id, exc.code, exc.message))
             return
         if isinstance(cmd, native.Subscribe):
-            reply, channel = self._subscribe(conn, cmd)
+            reply, channel = await self._subscribe(conn, cmd)
             conn.send(reply)
             if channel is not None and channel.access is Access.OWNER:
-                self._replay_offline(conn)  # the user's own notifications: what was kept offline
+                await self.recovery.replay_offline(conn)  # the user's own notifications, kept offline
         elif isinstance(cmd, native.Ack):
-            if conn.principal.user_id is not None:
-                self.offline.ack(conn.principal.user_id, cmd.up_to)
+            await self.recovery.ack(conn, cmd.up_to)
+        elif isinstance(cmd, native.Resume):
+            await self.recovery.resume(conn, cmd)
         elif isinstance(cmd, native.Unsubscribe):
             self.hub.unsubscribe(conn, cmd.channel)
             conn.send(native.unsubscribed(cmd.id, cmd.channel))
@@ -297,8 +319,13 @@ class Gateway:
         else:
             conn.send(native.pong(cmd.id, iso_now()))
 
-    def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> tuple[bytes, Channel | None]:
-        """The reply to a subscribe request, and the channel if the subscription was made."""
+    async def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> tuple[bytes, Channel | None]:
+        """The reply to a subscribe request, and the channel if the subscription was made.
+
+        The cluster-wide count and the history offset are fetched first, then the
+        subscription is made and the reply written in the same step, so no live
+        message overtakes the ``subscribed`` reply.
+        """
         try:
             channel = parse_channel(cmd.channel)
         except InvalidChannel as exc:
@@ -308,22 +335,22 @@ class Gateway:
         limit = self.config.max_subscriptions
         if channel.name not in conn.subscriptions and len(conn.subscriptions) >= limit:
             return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection"), None
-        count = self.hub.subscribe(conn, channel.name, cmd.types)
-        return native.subscribed(cmd.id, channel.name, count), channel
-
-    def _replay_offline(self, conn: Connection) -> None:
-        """Send what was queued while the user was away, oldest first, then the sync marker
-        (nothing at all when nothing was queued).
-
-        Nothing is removed here: the client's ``ack`` trims the queue, so a connection
-        lost mid-replay gets the same messages again next time.
-        """
-        pending = self.offline.pending(conn.principal.user_id or "")
-        if not pending:
-            return
-        for seq, envelope in pending:
-            conn.send(native.queued_message(seq, envelope))
-        conn.send(native.queue_sync_complete(len(pending), iso_now(), pending[-1][0]))
+        name = channel.name
+        local = self.hub.subscriber_count(name) + (name not in conn.subscriptions)
+        count, offset = local, None
+        try:
+            count = await self.engine.presence.subscriber_count(name, local)
+            if notification_owner(name) is None:
+                offset = self.hub.position(name) or await self.engine.history.position(name)
+        except Exception as exc:  # engine unreachable: this node's count, no offset
+            log.debug("subscribe %s without cluster info: %s", name, exc)
+        if conn.transport is None or conn.transport.is_closing():
+            return native.error(cmd.id, "closed", "connection closed"), None
+        self.hub.subscribe(conn, name, cmd.types)
+        if offset is not None:
+            self.hub.set_position(name, offset)
+            offset = self.hub.position(name)
+        return native.subscribed(cmd.id, name, count, offset), channel
 
     def _hello(self, conn: Connection, cmd: native.Hello) -> bytes:
         try:
@@ -356,6 +383,9 @@ class Gateway:
         transport = conn.transport
         if transport is None or transport.is_closing():
             return
+        snapshot = self.recovery.snapshot(conn)
+        if snapshot is not None:
+            self._closing_snapshots[conn] = snapshot  # saved when its handler ends
         self.hub.remove(conn)  # nothing more is written to it, queued batches dropped
         transport.write(self.core.build_close_frame(code, reason))
         transport.close()
@@ -405,7 +435,28 @@ class Gateway:
                 "dead_lettered": k.dead_lettered, "commits": k.commits, "reconnects": k.reconnects,
             }
         snapshot["node"] = self.config.node_id
+        snapshot["engine"] = self.engine.status()
+        snapshot["recovery"] = {"offline_replayed": self.recovery.replayed, "resumes": self.recovery.resumes}
         return _json(snapshot)
+
+    async def _handle_instances(self, request: web.Request) -> web.Response:
+        """Live gateway instances (one without Redis) and their connection counts."""
+        self._admin(request)
+        try:
+            instances = await self.engine.presence.instances()
+        except Exception as exc:
+            return _json({"error": "unavailable", "message": str(exc)}, status=503)
+        return _json({"instances": instances})
+
+    async def _handle_presence(self, request: web.Request) -> web.Response:
+        """Is a user online (any instance), and on how many devices."""
+        self._admin(request)
+        user_id = request.match_info["user_id"]
+        try:
+            presence = await self.engine.presence.user_presence(user_id)
+        except Exception as exc:
+            return _json({"error": "unavailable", "message": str(exc)}, status=503)
+        return _json({"user": user_id, **presence})
 
     async def _handle_dictionary(self, request: web.Request) -> web.Response:
         """The zstd dictionary announced in ``welcome``: immutable, cacheable forever."""
@@ -422,11 +473,15 @@ class Gateway:
         return _json({"status": "ok", "node": self.config.node_id})
 
     async def _handle_readyz(self, request: web.Request) -> web.Response:
+        """503 while draining or full; 200 otherwise, ``degraded`` while the engine
+        (Redis) is unreachable: the instance still serves its own subscribers."""
         if self.draining:
             return _json({"status": "draining"}, status=503)
         if len(self.connections) >= self.config.max_connections:
             return _json({"status": "full", "connections": len(self.connections)}, status=503)
-        return _json({"status": "ready", "connections": len(self.connections)})
+        engine = self.engine.status()
+        status = "ready" if engine["ok"] else "degraded"
+        return _json({"status": status, "connections": len(self.connections), "engine": engine})
 
     def _refuse(self, reason: str, message: str) -> web.Response:
         self.stats.rejected[reason] += 1

@@ -224,7 +224,7 @@ async def test_notification_for_offline_user_is_queued_before_commit(kafka_boots
                                "timestamp": int(time.time() * 1000)})
         await produce(kafka_bootstrap, f"{test_id}.notifications", [(b"rider5", record)])
         # stored in the offline queue, then committed
-        assert await eventually(lambda: gw.offline.pending("rider5") and gw.kafka.stats.commits >= 1, timeout=30)
+        assert await eventually(lambda: gw.offline.count("rider5") and gw.kafka.stats.commits >= 1, timeout=30)
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"ws://127.0.0.1:{gw.port}/ws?token={token('rider5')}")
             await ws.receive_json(timeout=5)

@@ -27,7 +27,7 @@ async def reconnect(gw, session) -> tuple[aiohttp.ClientWebSocketResponse, list[
     await ws.send_json({"type": "subscribe", "id": "n", "channel": CHANNEL})
     assert (await ws.receive_json(timeout=5))["type"] == "subscribed"
     frames = []
-    if gw.offline.pending("rider9"):
+    if await gw.offline.pending("rider9"):
         while True:
             frames.append(await ws.receive_json(timeout=5))
             if frames[-1]["type"] == "queue_sync_complete":
@@ -58,24 +58,24 @@ async def test_offline_notifications_replayed_until_acknowledged(gateway):
         await ws.send_json({"type": "ack", "upTo": frames[-1]["upTo"]})
         await ws.send_json({"type": "ping", "id": "p"})
         await ws.receive_json(timeout=5)
-        assert gateway.offline.pending("rider9") == []
+        assert await gateway.offline.pending("rider9") == []
         # online now: a new notification is delivered live, not queued
         await publish(gateway, 1)
         live = await ws.receive_json(timeout=5)
-        assert live["type"] == "channel_message" and gateway.offline.pending("rider9") == []
+        assert live["type"] == "channel_message" and await gateway.offline.pending("rider9") == []
         await ws.send_json({"type": "ack", "upTo": "x"})
         assert (await ws.receive_json(timeout=5))["code"] == "bad_request"
         await ws.close()
 
 
-def test_queue_keeps_newest_and_expires():
+async def test_queue_keeps_newest_and_expires():
     now = [1000.0]
     q = MemoryOfflineQueue(max_messages=3, retention=60, clock=lambda: now[0])
     seqs = [q.store("u", f"m{i}".encode()) for i in range(5)]
-    assert [e for _, e in q.pending("u")] == [b"m2", b"m3", b"m4"]  # newest 3 kept
-    assert q.ack("u", seqs[3]) == 2 and [e for _, e in q.pending("u")] == [b"m4"]
+    assert [e for _, e in await q.pending("u")] == [b"m2", b"m3", b"m4"]  # newest 3 kept
+    assert await q.ack("u", seqs[3]) == 2 and [e for _, e in await q.pending("u")] == [b"m4"]
     now[0] += 61
-    assert q.pending("u") == []  # older than the retention
+    assert await q.pending("u") == []  # older than the retention
 
 
 @pytest.mark.parametrize("bad", [-1, True, None])

@@ -45,7 +45,8 @@ async def test_welcome_then_subscribe_and_receive(gateway):
         assert welcome["type"] == "welcome" and welcome["heartbeat"] == 30
         assert len(welcome["sessionId"]) >= 16 and welcome["serverTime"].endswith("Z")
         reply = await subscribe(ws, "route:500-D:UP")
-        assert reply == {"type": "subscribed", "id": "c1", "channel": "route:500-D:UP", "subscriberCount": 1}
+        assert reply == {"type": "subscribed", "id": "c1", "channel": "route:500-D:UP", "subscriberCount": 1,
+                         "offset": "0"}  # no message on the channel yet
         resp = await publish(gateway, "route:500-D:UP", LOCATION)
         assert resp.status == 200
         msg = await ws.receive_json(timeout=5)

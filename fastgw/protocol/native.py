@@ -21,6 +21,7 @@ __all__ = [
     "Ping",
     "Hello",
     "Ack",
+    "Resume",
     "Command",
     "parse_command",
     "welcome",
@@ -31,6 +32,7 @@ __all__ = [
     "profile",
     "queued_message",
     "queue_sync_complete",
+    "resumed",
     "channel_message",
 ]
 
@@ -83,7 +85,21 @@ class Ack:
     up_to: int
 
 
-Command = Union[Subscribe, Unsubscribe, Ping, Hello, Ack]
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Restore an earlier session's subscriptions and the channel messages it missed.
+
+    ``offsets`` (channel → the ``offset`` of the last message the client received)
+    is optional; without it the server uses what it last delivered before the
+    disconnect, which misses whatever was lost in flight.
+    """
+
+    id: str | None
+    session_id: str
+    offsets: dict[str, str]
+
+
+Command = Union[Subscribe, Unsubscribe, Ping, Hello, Ack, Resume]
 
 
 def parse_command(text: str) -> Command:
@@ -107,6 +123,15 @@ def parse_command(text: str) -> Command:
         if not isinstance(up_to, int) or isinstance(up_to, bool) or up_to < 0:
             raise ProtocolError("bad_request", "upTo must be a non-negative integer", request_id)
         return Ack(request_id, up_to)
+    if kind == "resume":
+        session_id, offsets = obj.get("sessionId"), obj.get("offsets", {})
+        if not isinstance(session_id, str) or not 0 < len(session_id) <= MAX_ID_LENGTH:
+            raise ProtocolError("bad_request", "sessionId must be a non-empty string", request_id)
+        if not isinstance(offsets, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_ID_LENGTH for k, v in offsets.items()
+        ):
+            raise ProtocolError("bad_request", "offsets must map channel names to offset strings", request_id)
+        return Resume(request_id, session_id, offsets)
     if kind == "hello":
         profile, connection_type = obj.get("profile"), obj.get("connection_type")
         if profile is None and connection_type is None:
@@ -183,9 +208,25 @@ def profile(request_id: str | None, name: str, window_ms: int) -> bytes:
     return orjson.dumps({"type": "profile", "id": request_id, "profile": name, "window": window_ms})
 
 
-def subscribed(request_id: str | None, channel: str, subscriber_count: int) -> bytes:
+def subscribed(request_id: str | None, channel: str, subscriber_count: int, offset: str | None = None) -> bytes:
+    """``offset``: the channel's history position when subscribing (a resume point
+    until the first message arrives); absent for channels without history."""
+    msg: dict[str, Any] = {"type": "subscribed", "id": request_id, "channel": channel, "subscriberCount": subscriber_count}
+    if offset is not None:
+        msg["offset"] = offset
+    return orjson.dumps(msg)
+
+
+def resumed(
+    request_id: str | None, session_id: str, recovered: bool, channels: list[dict[str, Any]]
+) -> bytes:
+    """Reply to ``resume``. ``recovered: false`` means messages may be missing: refetch state.
+
+    ``channels``: ``{"channel", "recovered", "missed"}`` per restored subscription; the
+    missed messages follow this frame, oldest first, then live ones.
+    """
     return orjson.dumps(
-        {"type": "subscribed", "id": request_id, "channel": channel, "subscriberCount": subscriber_count}
+        {"type": "resumed", "id": request_id, "sessionId": session_id, "recovered": recovered, "channels": channels}
     )
 
 

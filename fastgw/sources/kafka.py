@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 __all__ = ["KafkaSettings", "KafkaSource", "DEFAULT_TOPICS", "KafkaStats"]
 
@@ -69,6 +69,7 @@ class KafkaSource:
         processors: Mapping[str, Any],
         *,
         stats: KafkaStats | None = None,
+        settle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         unknown = set(settings.topics) - set(processors)
         if unknown:
@@ -77,6 +78,9 @@ class KafkaSource:
         self.publish = publish
         self.processors = processors
         self.stats = stats or KafkaStats()
+        #: Awaited before each commit: the engine has accepted everything published
+        #: (with Redis: published, queued for offline users, kept in history).
+        self.settle = settle
         self._producer: Any = None
         self._producer_lock = asyncio.Lock()
 
@@ -141,6 +145,8 @@ class KafkaSource:
             for records in batches.values():
                 for record in records:
                     await self._handle(role, processor, record)
+            if self.settle is not None:
+                await self.settle()
             await consumer.commit()  # everything above is published or dead-lettered
             self.stats.commits += 1
 
