@@ -63,7 +63,8 @@ class Gateway:
         self.stats = Stats()
         #: Memory (one node) or Redis (many nodes acting as one): broker, offline
         #: queue, history, sessions, presence.
-        self.engine: Engine = engine or build_engine(config)
+        self.port: int | None = None
+        self.engine: Engine = engine or build_engine(config, port=lambda: self.port)
         self.broker = self.engine.broker
         self.offline = self.engine.offline
         self.hub = Hub(
@@ -89,7 +90,6 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.kafka: Any = None  # KafkaSource when --kafka is set
-        self.port: int | None = None
         self.app = self._build_app()
 
     # --- lifecycle ---------------------------------------------------------
@@ -113,13 +113,17 @@ class Gateway:
     async def start(self) -> int:
         """Bind, listen with the configured backlog, start the simulator. Returns the port."""
         cfg = self.config
-        await self.engine.start(self.hub.channels, lambda: list(self.connections))
+        sock = _listening_socket(cfg.host, cfg.port, reuse_port=cfg.reuse_port)
+        self.port = sock.getsockname()[1]
+        try:  # the engine first: the instance registers with its port before clients arrive
+            await self.engine.start(self.hub.channels, lambda: list(self.connections))
+        except BaseException:
+            sock.close()
+            raise
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        sock = _listening_socket(cfg.host, cfg.port, reuse_port=cfg.reuse_port)
         site = web.SockSite(self._runner, sock, backlog=cfg.backlog)
         await site.start()
-        self.port = sock.getsockname()[1]
         if cfg.simulator:
             self._start_simulator()
         if cfg.kafka:

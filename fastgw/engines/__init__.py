@@ -5,7 +5,7 @@ See ``engines.base`` for the interfaces.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from fastgw.config import Config
@@ -14,12 +14,15 @@ if TYPE_CHECKING:
 __all__ = ["build_engine"]
 
 
-def build_engine(config: "Config") -> "Engine":
-    """The Redis engine when ``config.redis`` is set, else the in-memory one."""
+def build_engine(config: "Config", *, port: Callable[[], int | None] = lambda: None) -> "Engine":
+    """The Redis engine when ``config.redis`` is set, else the in-memory one.
+
+    ``port`` tells the instance registry where this node listens (known after bind).
+    """
     if config.redis:
         from fastgw.engines.redis import RedisEngine
 
-        return RedisEngine(config)
+        return RedisEngine(config, port=port)
     from fastgw.engines.memory import MemoryEngine
 
     return MemoryEngine(

@@ -1,0 +1,367 @@
+"""Redis pub/sub routing: one Redis publish per message, per-channel subscriptions.
+
+Publishing: ``publish`` is synchronous (the hub's hot path). Messages queue in an
+outbox; everything queued while a pipeline is in flight leaves in the next one,
+so under load many messages share one round trip and there is never more than
+one round trip per message. Each message is one script call (``scripts.py``):
+history append + publish, or publish-or-queue for user notifications.
+
+Receiving: the node subscribes in Redis only to channels with local subscribers
+(``SUBSCRIBE``, or ``SSUBSCRIBE`` on the owning node of a cluster), so it never
+receives or decodes traffic it does not need. Subscription changes are
+reconciled in batches (one command per loop turn).
+
+Redis unreachable: messages are delivered to this node's own subscribers at
+once and kept (up to ``outage_buffer``) to publish after reconnecting, flagged
+so that this node does not deliver them twice; beyond that they are counted as
+lost. Never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from fastgw.engines.base import DeliverHandler, notification_owner
+from fastgw.engines.redis.keys import Keys
+from fastgw.engines.redis.link import UNREACHABLE, Link
+from fastgw.engines.redis.scripts import PUBLISH_HISTORY, PUBLISH_OR_QUEUE
+
+__all__ = ["RedisBroker", "BrokerStats", "decode_payload"]
+
+log = logging.getLogger("fastgw.redis")
+
+
+@dataclass
+class BrokerStats:
+    published: int = 0  # accepted by Redis
+    queued_offline: int = 0  # of which kept in an offline queue (no live subscriber)
+    received: int = 0  # pub/sub messages handed to the hub
+    buffered: int = 0  # published while Redis was down, republished after
+    lost: int = 0  # published while Redis was down, beyond the outage buffer
+
+
+def decode_payload(data: bytes) -> tuple[str, str, bytes, str | None, bytes] | None:
+    """``(type, origin, flag, position, envelope)`` of a pub/sub payload, or None if malformed."""
+    parts = data.split(b"|", 4)
+    if len(parts) != 5:
+        return None
+    mtype, origin, flag, position, envelope = parts
+    if not envelope.startswith(b"{") or not envelope.endswith(b"}") or flag not in (b"0", b"1"):
+        return None
+    try:
+        return mtype.decode(), origin.decode(), flag, position.decode() or None, envelope
+    except UnicodeDecodeError:
+        return None
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        link: Link,
+        keys: Keys,
+        *,
+        node_id: str,
+        history_size: int,
+        history_ttl: float,
+        offline_max_messages: int,
+        offline_retention: float,
+        outage_buffer: int,
+    ) -> None:
+        self.link = link
+        self.keys = keys
+        self.node_id = node_id
+        self.stats = BrokerStats()
+        self._handler: DeliverHandler | None = None
+        self._publish_cmd = "SPUBLISH" if link.cluster else "PUBLISH"
+        self._history_sha = link.register_script(PUBLISH_HISTORY)
+        self._queue_sha = link.register_script(PUBLISH_OR_QUEUE)
+        self._history_args = (str(history_size), str(int(history_ttl * 1000)))
+        self._queue_args = (str(offline_max_messages), str(int(offline_retention * 1000)))
+        # outgoing
+        self._outbox: list[tuple[str, str, bytes, bytes]] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._outage: deque[tuple[str, str, bytes, bytes]] = deque()
+        self._outage_limit = outage_buffer
+        self._submitted = 0  # messages handed to publish()
+        self._settled = 0  # of which accepted by Redis
+        self._settled_event = asyncio.Event()
+        # incoming
+        self.subscriber = Subscriber(link, keys, self._on_message, node_id)
+
+    # --- Broker interface ----------------------------------------------------------
+
+    def set_handler(self, handler: DeliverHandler) -> None:
+        self._handler = handler
+
+    def publish(self, channel: str, message_type: str, envelope: bytes) -> None:
+        self._submitted += 1
+        if not self.link.up:
+            self._deliver_during_outage(channel, message_type, envelope)
+            return
+        self._outbox.append((channel, message_type, envelope, b"0"))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send())
+
+    def subscribe(self, channel: str) -> None:
+        self.subscriber.want(channel)
+
+    def unsubscribe(self, channel: str) -> None:
+        self.subscriber.drop(channel)
+
+    async def flush(self) -> None:
+        """Wait until Redis has accepted every message published so far (waits out an outage)."""
+        target = self._submitted
+        while self._settled < target:
+            self._settled_event.clear()
+            await self._settled_event.wait()
+
+    async def flush_or_timeout(self, timeout: float) -> None:
+        """At shutdown: give what is queued a moment to reach Redis."""
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("redis: %d messages not published at shutdown", self._submitted - self._settled)
+
+    async def close(self) -> None:
+        if self._sending is not None and not self._sending.done():
+            self._sending.cancel()
+        await self.subscriber.close()
+
+    # --- outgoing ------------------------------------------------------------------
+
+    def _command(self, channel: str, message_type: str, envelope: bytes, flag: bytes) -> tuple[Any, ...]:
+        header = b"%b|%b|%b|" % (message_type.encode(), self.node_id.encode(), flag)
+        if notification_owner(channel) is not None:
+            return ("EVALSHA", self._queue_sha, 2, self.keys.queue(channel), self.keys.queue_seq(channel),
+                    self.keys.pubsub(channel), self._publish_cmd, header, envelope, *self._queue_args)
+        return ("EVALSHA", self._history_sha, 1, self.keys.history(channel),
+                self.keys.pubsub(channel), self._publish_cmd, header, envelope, message_type, *self._history_args)
+
+    async def _send(self) -> None:
+        await asyncio.sleep(0)  # gather the rest of this loop turn's messages
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            if not self.link.up:
+                self._divert(batch)
+                continue
+            try:
+                results = await self.link.execute([self._command(*item) for item in batch])
+            except UNREACHABLE as exc:
+                self.link.mark_down(exc)
+                self._divert(batch)  # unknown whether they went out: at least once
+                continue
+            for item, result in zip(batch, results):
+                if isinstance(result, Exception):  # a script error: a bug or a foreign key type
+                    self.link.stats.malformed["publish_error"] += 1
+                    log.error("redis: publish to %s failed: %s", item[0], result)
+                elif isinstance(result, int) and result < 0:
+                    self.stats.queued_offline += 1
+            self.stats.published += len(batch)
+            self._settle(len(batch))
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        self._settled_event.set()
+
+    def _deliver_during_outage(self, channel: str, message_type: str, envelope: bytes) -> None:
+        self._deliver_local(channel, message_type, envelope)
+        self._buffer(channel, message_type, envelope)
+
+    def _divert(self, items: list[tuple[str, str, bytes, bytes]]) -> None:
+        """Messages that could not be sent: deliver here (unless done already), keep for later."""
+        for channel, mtype, envelope, flag in items:
+            if flag == b"0":
+                self._deliver_local(channel, mtype, envelope)
+            self._buffer(channel, mtype, envelope)
+
+    def _deliver_local(self, channel: str, message_type: str, envelope: bytes) -> None:
+        if self._handler is not None and channel in self.subscriber.wanted:
+            self._handler(channel, message_type, envelope, None)
+
+    def _buffer(self, channel: str, message_type: str, envelope: bytes) -> None:
+        """Keep for publishing after the outage; flag 1 = this node already delivered it."""
+        if len(self._outage) >= self._outage_limit:
+            self._outage.popleft()
+            self.stats.lost += 1
+            self._settle(1)  # will never be accepted: do not hold Kafka commits for it
+            if self.stats.lost == 1 or self.stats.lost % 1000 == 0:
+                log.error("redis: outage buffer full (%d): %d messages lost so far",
+                          self._outage_limit, self.stats.lost)
+        self._outage.append((channel, message_type, envelope, b"1"))
+
+    async def republish(self) -> None:
+        """After reconnecting: publish what was kept during the outage, in order."""
+        if not self._outage:
+            return
+        count = len(self._outage)
+        self._outbox[:0] = list(self._outage)
+        self._outage.clear()
+        self.stats.buffered += count
+        log.warning("redis: publishing %d messages kept during the outage", count)
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._send())
+
+    # --- incoming ------------------------------------------------------------------
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        decoded = decode_payload(data)
+        if decoded is None:
+            self.link.stats.malformed["pubsub_payload"] += 1
+            log.warning("redis: unreadable message on %s skipped (%d bytes)", channel, len(data))
+            return
+        mtype, origin, flag, position, envelope = decoded
+        if flag == b"1" and origin == self.node_id:
+            return  # delivered here during the outage already
+        self.stats.received += 1
+        if self._handler is not None:
+            self._handler(channel, mtype, envelope, position)
+
+
+class Subscriber:
+    """This node's pub/sub subscriptions, reconciled with the channels it wants.
+
+    Standalone Redis: one pub/sub connection (``SUBSCRIBE``). Cluster: one per
+    primary that owns a wanted channel (``SSUBSCRIBE``). A reader task per
+    connection hands messages to ``on_message``; a read error marks the link down
+    (the reconnect re-subscribes everything).
+    """
+
+    def __init__(self, link: Link, keys: Keys, on_message: Any, node_id: str) -> None:
+        self.link = link
+        self.keys = keys
+        self.on_message = on_message
+        self.node_id = node_id
+        self.wanted: set[str] = set()
+        self._active: dict[str, Any] = {}  # channel → the PubSub it is subscribed on
+        self._pubsubs: dict[str, Any] = {}  # node name ("" standalone) → PubSub
+        self._clients: list[Any] = []  # per-node clients of a cluster
+        self._readers: list[asyncio.Task[None]] = []
+        self._syncing: asyncio.Task[None] | None = None
+        self._resync = False
+
+    def want(self, channel: str) -> None:
+        self.wanted.add(channel)
+        self._kick()
+
+    def drop(self, channel: str) -> None:
+        self.wanted.discard(channel)
+        self._kick()
+
+    def want_all(self) -> None:
+        """Reconcile now (channels wanted while the link was coming up)."""
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self.link.up:
+            return  # reconnect() subscribes to whatever is wanted then
+        if self._syncing is None or self._syncing.done():
+            self._syncing = asyncio.get_running_loop().create_task(self._sync())
+        else:
+            self._resync = True
+
+    async def _sync(self) -> None:
+        await asyncio.sleep(0)
+        while True:
+            self._resync = False
+            try:
+                await self._reconcile()
+            except UNREACHABLE as exc:
+                self.link.mark_down(exc)
+                return
+            if not self._resync:
+                return
+
+    async def _reconcile(self) -> None:
+        add = [ch for ch in self.wanted if ch not in self._active]
+        remove = [ch for ch in self._active if ch not in self.wanted]
+        by_pubsub: dict[int, tuple[Any, list[str], list[str]]] = {}
+        for channel in add:
+            pubsub = await self._pubsub_for(channel)
+            by_pubsub.setdefault(id(pubsub), (pubsub, [], []))[1].append(channel)
+            self._active[channel] = pubsub
+        for channel in remove:
+            pubsub = self._active.pop(channel)
+            by_pubsub.setdefault(id(pubsub), (pubsub, [], []))[2].append(channel)
+        for pubsub, subscribe, unsubscribe in by_pubsub.values():
+            if subscribe:
+                names = [self.keys.pubsub(ch) for ch in subscribe]
+                await (pubsub.ssubscribe(*names) if self.link.cluster else pubsub.subscribe(*names))
+            if unsubscribe:
+                names = [self.keys.pubsub(ch) for ch in unsubscribe]
+                await (pubsub.sunsubscribe(*names) if self.link.cluster else pubsub.unsubscribe(*names))
+
+    async def _pubsub_for(self, channel: str) -> Any:
+        if not self.link.cluster:
+            name = ""
+            host = port = None
+        else:
+            node = self.link.client.get_node_from_key(self.keys.pubsub(channel))
+            name, host, port = node.name, node.host, node.port
+        pubsub = self._pubsubs.get(name)
+        if pubsub is None:
+            if self.link.cluster:
+                client = aioredis.Redis(host=host, port=port, decode_responses=False, socket_connect_timeout=2.0)
+                self._clients.append(client)
+            else:
+                client = self.link.client
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            # every pub/sub connection carries the node's own channel from the start, so
+            # its reader has something to wait on and no data channel is ever "first"
+            node_channel = self.keys.node(self.node_id)
+            await (pubsub.ssubscribe(node_channel) if self.link.cluster else pubsub.subscribe(node_channel))
+            self._pubsubs[name] = pubsub
+            self._readers.append(asyncio.get_running_loop().create_task(self._read(pubsub), name="fastgw-redis-pubsub"))
+        return pubsub
+
+    async def _read(self, pubsub: Any) -> None:
+        on_message, channel_of = self.on_message, self.keys.channel_of
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None or message["type"] not in ("message", "smessage"):
+                    continue
+                channel = channel_of(message["channel"])
+                if channel is not None:
+                    on_message(channel, message["data"])
+        except asyncio.CancelledError:
+            raise
+        except UNREACHABLE as exc:
+            self.link.mark_down(exc)
+        except Exception as exc:  # keep the node alive whatever redis-py raises
+            log.exception("redis: pub/sub reader failed")
+            self.link.mark_down(exc)
+
+    async def reconnect(self) -> None:
+        """Fresh pub/sub connections, subscribed to every wanted channel (after an outage)."""
+        await self._teardown()
+        await self._reconcile()
+
+    async def _teardown(self) -> None:
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._readers.clear()
+        for pubsub in self._pubsubs.values():
+            try:
+                await pubsub.aclose()
+            except Exception:
+                pass
+        self._pubsubs.clear()
+        self._active.clear()
+        for client in self._clients:
+            try:
+                await client.aclose()
+            except Exception:
+                pass
+        self._clients.clear()
+
+    async def close(self) -> None:
+        if self._syncing is not None:
+            self._syncing.cancel()
+        await self._teardown()

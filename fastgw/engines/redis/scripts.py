@@ -1,0 +1,70 @@
+"""Lua scripts: each runs atomically on the node that owns the channel's slot.
+
+PUBLISH_HISTORY — a public channel's message: append to the history stream
+(bounded by length and age), publish with the stream id as its position.
+
+PUBLISH_OR_QUEUE — a user notification: publish; if no gateway is subscribed
+(no live connection of that user anywhere), keep it in the user's offline
+queue instead (newest ``max`` kept, for ``ttl``). Deciding and storing in one
+atomic step means a notification is never both missed live and not queued.
+
+ACK — drop queue entries up to a sequence number (and unreadable heads).
+
+Pub/sub payload (both publish scripts)::
+
+    <message type>|<origin node>|<flag>|<position or empty>|<envelope JSON>
+
+flag ``1`` marks a message its origin already delivered locally while Redis was
+unreachable: the origin skips it, the other nodes deliver it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PUBLISH_HISTORY", "PUBLISH_OR_QUEUE", "ACK"]
+
+# KEYS[1] history stream
+# ARGV: 1 pubsub channel, 2 PUBLISH|SPUBLISH, 3 "type|origin|flag|", 4 envelope, 5 type, 6 max length, 7 ttl ms
+PUBLISH_HISTORY = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*', 't', ARGV[5], 'e', ARGV[4])
+local now = redis.call('TIME')
+local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[7])
+if oldest > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call(ARGV[2], ARGV[1], ARGV[3] .. id .. '|' .. ARGV[4])
+return id
+"""
+
+# KEYS[1] queue list, KEYS[2] queue sequence
+# ARGV: 1 pubsub channel, 2 PUBLISH|SPUBLISH, 3 "type|origin|flag|", 4 envelope, 5 max length, 6 ttl ms
+# returns the number of receiving gateways, or -seq when the message was queued
+PUBLISH_OR_QUEUE = """
+local receivers = redis.call(ARGV[2], ARGV[1], ARGV[3] .. '|' .. ARGV[4])
+if receivers > 0 then
+  return receivers
+end
+local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+redis.call('RPUSH', KEYS[1], seq .. '|' .. now[1] .. '|' .. ARGV[4])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return -seq
+"""
+
+# KEYS[1] queue list; ARGV[1] acknowledged sequence; returns entries removed
+ACK = """
+local removed = 0
+local up_to = tonumber(ARGV[1])
+while true do
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if not head then break end
+  local sep = string.find(head, '|', 1, true)
+  local seq = sep and tonumber(string.sub(head, 1, sep - 1))
+  if seq and seq > up_to then break end
+  redis.call('LPOP', KEYS[1])
+  removed = removed + 1
+end
+return removed
+"""
