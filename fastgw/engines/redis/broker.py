@@ -92,7 +92,7 @@ class RedisBroker:
         self._settled = 0  # of which accepted by Redis
         self._settled_event = asyncio.Event()
         # incoming
-        self.subscriber = Subscriber(link, keys, self._on_message, node_id)
+        self.subscriber = Subscriber(link, keys, self._on_message)
 
     # --- Broker interface ----------------------------------------------------------
 
@@ -232,16 +232,15 @@ class Subscriber:
     (the reconnect re-subscribes everything).
     """
 
-    def __init__(self, link: Link, keys: Keys, on_message: Any, node_id: str) -> None:
+    def __init__(self, link: Link, keys: Keys, on_message: Any) -> None:
         self.link = link
         self.keys = keys
         self.on_message = on_message
-        self.node_id = node_id
         self.wanted: set[str] = set()
         self._active: dict[str, Any] = {}  # channel → the PubSub it is subscribed on
         self._pubsubs: dict[str, Any] = {}  # node name ("" standalone) → PubSub
         self._clients: list[Any] = []  # per-node clients of a cluster
-        self._readers: list[asyncio.Task[None]] = []
+        self._readers: dict[int, asyncio.Task[None]] = {}  # id(PubSub) → its reader
         self._syncing: asyncio.Task[None] | None = None
         self._resync = False
 
@@ -289,12 +288,19 @@ class Subscriber:
             pubsub = self._active.pop(channel)
             by_pubsub.setdefault(id(pubsub), (pubsub, [], []))[2].append(channel)
         for pubsub, subscribe, unsubscribe in by_pubsub.values():
-            if subscribe:
-                names = [self.keys.pubsub(ch) for ch in subscribe]
-                await (pubsub.ssubscribe(*names) if self.link.cluster else pubsub.subscribe(*names))
-            if unsubscribe:
-                names = [self.keys.pubsub(ch) for ch in unsubscribe]
-                await (pubsub.sunsubscribe(*names) if self.link.cluster else pubsub.unsubscribe(*names))
+            names = [self.keys.pubsub(ch) for ch in subscribe]
+            if names and not self.link.cluster:
+                await pubsub.subscribe(*names)
+            for name in names if self.link.cluster else ():
+                await pubsub.ssubscribe(name)  # one per command: SSUBSCRIBE wants one slot
+            if names and id(pubsub) not in self._readers:  # a connection exists now: read it
+                self._readers[id(pubsub)] = asyncio.get_running_loop().create_task(
+                    self._read(pubsub), name="fastgw-redis-pubsub")
+            names = [self.keys.pubsub(ch) for ch in unsubscribe]
+            if names and not self.link.cluster:
+                await pubsub.unsubscribe(*names)
+            for name in names if self.link.cluster else ():
+                await pubsub.sunsubscribe(name)
 
     async def _pubsub_for(self, channel: str) -> Any:
         if not self.link.cluster:
@@ -310,13 +316,7 @@ class Subscriber:
                 self._clients.append(client)
             else:
                 client = self.link.client
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            # every pub/sub connection carries the node's own channel from the start, so
-            # its reader has something to wait on and no data channel is ever "first"
-            node_channel = self.keys.node(self.node_id)
-            await (pubsub.ssubscribe(node_channel) if self.link.cluster else pubsub.subscribe(node_channel))
-            self._pubsubs[name] = pubsub
-            self._readers.append(asyncio.get_running_loop().create_task(self._read(pubsub), name="fastgw-redis-pubsub"))
+            pubsub = self._pubsubs[name] = client.pubsub(ignore_subscribe_messages=True)
         return pubsub
 
     async def _read(self, pubsub: Any) -> None:
@@ -343,9 +343,9 @@ class Subscriber:
         await self._reconcile()
 
     async def _teardown(self) -> None:
-        for task in self._readers:
+        for task in self._readers.values():
             task.cancel()
-        await asyncio.gather(*self._readers, return_exceptions=True)
+        await asyncio.gather(*self._readers.values(), return_exceptions=True)
         self._readers.clear()
         for pubsub in self._pubsubs.values():
             try:

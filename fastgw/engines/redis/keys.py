@@ -62,7 +62,3 @@ class Keys:
     def instances(self) -> str:
         """Sorted set: node id → last registration (ms); entries whose hash expired are dead."""
         return f"{self.prefix}:instances"
-
-    def node(self, node_id: str) -> str:
-        """Pub/sub channel of one node (keeps its subscriber connection alive)."""
-        return f"{self.prefix}:node:{{{node_id}}}"
