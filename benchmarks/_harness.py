@@ -534,6 +534,9 @@ class FanoutResult:
 
 #: Filled by the fan-out benchmarks, printed and written by the terminal-summary hook.
 FANOUT_RESULTS: dict[str, FanoutResult] = {}
+#: Terminal summaries of other benchmark modules (e.g. ``test_bench_redis.py``): each is called
+#: as ``fn(terminalreporter)`` by ``conftest.pytest_terminal_summary`` after the tables above.
+SESSION_SUMMARIES: list[Any] = []
 
 TARGETS = {"fastgw/floor": 0.95, "fastgw/naive": 1.10}
 

@@ -107,3 +107,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             terminalreporter.write_line(line)
         if bcfg is not None:
             _harness.write_results(terminalreporter, bcfg.results_path, doc)
+    for report in _harness.SESSION_SUMMARIES:  # e.g. test_bench_redis.py's table and JSON
+        report(terminalreporter)

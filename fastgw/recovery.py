@@ -51,7 +51,11 @@ class Recovery:
         user_id = conn.principal.user_id
         if user_id is None:
             return
-        pending = await self.engine.offline.pending(user_id)
+        try:
+            pending = await self.engine.offline.pending(user_id)
+        except Exception as exc:  # Redis down: kept there, replayed on a later subscribe
+            log.warning("offline queue of %s unavailable: %s", user_id, exc)
+            return
         if not pending:
             return
         for seq, envelope in pending:
@@ -62,8 +66,12 @@ class Recovery:
         self.replayed += len(pending)
 
     async def ack(self, conn: "Connection", up_to: int) -> None:
-        if conn.principal.user_id is not None:
+        if conn.principal.user_id is None:
+            return
+        try:
             await self.engine.offline.ack(conn.principal.user_id, up_to)
+        except Exception as exc:  # the messages come again next time: at least once
+            log.warning("ack of %s lost: %s", conn.principal.user_id, exc)
 
     # --- sessions ------------------------------------------------------------
 
@@ -86,7 +94,11 @@ class Recovery:
 
     async def resume(self, conn: "Connection", cmd: native.Resume) -> None:
         """Restore ``cmd.session_id``'s subscriptions and send what it missed, in order."""
-        record = await self.engine.sessions.take(cmd.session_id)
+        try:
+            record = await self.engine.sessions.take(cmd.session_id)
+        except Exception as exc:
+            log.warning("session %s unavailable: %s", cmd.session_id, exc)
+            record = None
         if record is None or record.user_id != conn.principal.user_id:
             self.resumes["unknown"] += 1
             conn.send(native.resumed(cmd.id, conn.session_id, False, []))

@@ -106,6 +106,7 @@ class Supervisor:
         command: Sequence[str] | None = None,
         backoff_start: float = 1.0,
         backoff_max: float = 30.0,
+        stable_after: float | None = None,
         quick_exit: float = 2.0,
         quick_exits_fatal: int = 5,
         stop_timeout: float = 75.0,  # aiohttp waits up to 60 s for in-flight handlers
@@ -116,6 +117,8 @@ class Supervisor:
         self._command = list(command) if command is not None else None
         self.backoff_start = backoff_start
         self.backoff_max = backoff_max
+        #: a worker that ran this long restarts after ``backoff_start`` again (default: backoff_max)
+        self.stable_after = backoff_max if stable_after is None else stable_after
         self.quick_exit = quick_exit
         self.quick_exits_fatal = quick_exits_fatal
         self.stop_timeout = stop_timeout
@@ -245,7 +248,7 @@ class Supervisor:
                 return
             lived = loop.time() - self._started_at[index]
             quick = quick + 1 if lived < self.quick_exit else 0
-            if lived >= self.backoff_max:
+            if lived >= self.stable_after:
                 delay = self.backoff_start
             if quick >= self.quick_exits_fatal:
                 self._failure = (

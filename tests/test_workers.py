@@ -381,7 +381,7 @@ async def test_workers_that_keep_failing_at_start_stop_the_supervisor(caplog):
 async def test_restart_backoff_doubles_up_to_its_maximum(caplog):
     caplog.set_level(logging.INFO, logger="fastgw.workers")
     sup = Supervisor(workers_config(1), [], command=[sys.executable, "-c", "pass"],
-                     backoff_start=0.01, backoff_max=0.04, quick_exits_fatal=1000)
+                     backoff_start=0.01, backoff_max=0.04, stable_after=60, quick_exits_fatal=1000)
     task = asyncio.create_task(sup.run())
     try:
         await until(lambda: sup.restarts >= 5, 30, "5 restarts")
@@ -397,7 +397,7 @@ async def test_restart_backoff_doubles_up_to_its_maximum(caplog):
 async def test_a_worker_that_ran_a_while_resets_the_quick_exit_count_and_backoff(caplog):
     caplog.set_level(logging.INFO, logger="fastgw.workers")
     sup = Supervisor(workers_config(2), [], command=[sys.executable, "-c", "import time; time.sleep(0.3)"],
-                     backoff_start=0.01, backoff_max=0.04, quick_exit=0.2, quick_exits_fatal=2)
+                     backoff_start=0.01, backoff_max=0.04, stable_after=0.25, quick_exit=0.2, quick_exits_fatal=2)
     task = asyncio.create_task(sup.run())
     try:
         await until(lambda: sup.restarts >= 8, 30, "8 restarts")
@@ -406,7 +406,7 @@ async def test_a_worker_that_ran_a_while_resets_the_quick_exit_count_and_backoff
         sup._stop(signal.SIGTERM)
         code = await asyncio.wait_for(task, 20)
     delays = set(re.findall(r"restarting it in ([\d.]+) s", caplog.text))
-    assert delays == {"0.01"}, caplog.text  # each ran longer than backoff_max: back to the start
+    assert delays == {"0.01"}, caplog.text  # each ran longer than stable_after: back to the start
     assert code == 0, caplog.text  # the stand-ins die of the forwarded SIGTERM (no handler yet): clean
     assert all(p.returncode is not None for p in sup.procs.values())
 
