@@ -22,10 +22,11 @@ def topics_for(test_id: str) -> tuple[tuple[str, str], ...]:
     return tuple((role, f"{test_id}.{role}") for role in ("location", "alerts", "notifications", "user_events"))
 
 
-async def start_gateway(bootstrap: str, test_id: str) -> Gateway:
+async def start_gateway(bootstrap: str, test_id: str, **options) -> Gateway:
     gw = Gateway(Config(
         host="127.0.0.1", port=0, jwt_secret=SECRET, simulator=False, kafka=bootstrap,
         kafka_topics=topics_for(test_id), kafka_group_prefix=f"g-{test_id}", kafka_dlq_topic=f"{test_id}.dlq",
+        **options,
     ))
     await gw.start()
     return gw
@@ -215,16 +216,33 @@ async def test_simulate_command_produces_records_the_processor_accepts(kafka_boo
     assert updates >= (produced if fmt == "json" else 1)
 
 
-async def test_notification_for_offline_user_is_queued_before_commit(kafka_bootstrap):
+@pytest.mark.parametrize("engine", ["memory", "redis"])
+async def test_notification_for_offline_user_is_queued_before_commit(kafka_bootstrap, engine, request):
+    """With Redis the queue is Redis's, and the commit waits until Redis has stored it."""
     test_id = f"t{uuid.uuid4().hex[:8]}"
-    gw = await start_gateway(kafka_bootstrap, test_id)
+    options = {"redis": request.getfixturevalue("redis_url")} if engine == "redis" else {}
+    gw = await start_gateway(kafka_bootstrap, test_id, **options)
+    queued_at_commit: list[int] = []
+
+    async def first_commit_sees_queue() -> None:  # runs between settle() and commit()
+        queued_at_commit.append(len(await gw.offline.pending("rider5")))
+
     try:
+        settle = gw.kafka.settle
+
+        async def settle_then_look() -> None:
+            await settle()
+            if not queued_at_commit:
+                await first_commit_sees_queue()
+
+        gw.kafka.settle = settle_then_look
         record = orjson.dumps({"notification_id": "n1", "user_id": "rider5", "title": "Your bus is near",
                                "body": "500-D is 2 stops away", "category": "trip",
                                "timestamp": int(time.time() * 1000)})
         await produce(kafka_bootstrap, f"{test_id}.notifications", [(b"rider5", record)])
         # stored in the offline queue, then committed
-        assert await eventually(lambda: gw.offline.count("rider5") and gw.kafka.stats.commits >= 1, timeout=30)
+        assert await eventually(lambda: gw.kafka.stats.commits >= 1, timeout=30)
+        assert queued_at_commit == [1]
         async with aiohttp.ClientSession() as session:
             ws = await session.ws_connect(f"ws://127.0.0.1:{gw.port}/ws?token={token('rider5')}")
             await ws.receive_json(timeout=5)

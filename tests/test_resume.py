@@ -149,3 +149,23 @@ async def test_resume_validation(gateway):
             await ws.send_json(bad)
             assert (await ws.receive_json(timeout=5))["code"] == "bad_request"
         await ws.close()
+
+
+async def test_drained_instance_sessions_resume_on_another(start_gateway, redis_url):
+    """SIGTERM-style drain on A (close 1001) saves sessions in Redis; the client resumes on B."""
+    a = await start_gateway(redis=redis_url, node_id="A")
+    b = await start_gateway(redis=redis_url, node_id="B")
+    async with aiohttp.ClientSession() as s:
+        ws, sid = await connect(s, a)
+        reply = await subscribe(ws, CHANNEL)
+        await a.stop()
+        closing = await ws.receive(timeout=5)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
+        await publish(b, CHANNEL, alert(1))  # published while the client moves over
+        ws2, _ = await connect(s, b)
+        resumed = await resume(ws2, sid, {CHANNEL: reply["offset"]})
+        assert resumed["recovered"] is True and resumed["channels"][0]["missed"] == 1
+        assert (await ws2.receive_json(timeout=5))["message"]["alert_id"] == "a1"
+        await publish(b, CHANNEL, alert(2))
+        assert (await ws2.receive_json(timeout=5))["message"]["alert_id"] == "a2"
+        await ws2.close()

@@ -48,10 +48,6 @@ class MemoryOfflineQueue:
         queue.append((seq, self._clock(), envelope))
         return seq
 
-    def count(self, user_id: str) -> int:
-        """Messages kept for ``user_id`` (expired ones included until the next read)."""
-        return len(self._queues.get(user_id, ()))
-
     async def pending(self, user_id: str) -> list[tuple[int, bytes]]:
         """Unacknowledged, unexpired messages, oldest first."""
         queue = self._queues.get(user_id)
