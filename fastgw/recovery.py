@@ -110,6 +110,8 @@ class Recovery:
         # Join first (live messages are held), then read the history: no gap, no reordering.
         for name, types in channels:
             self.hub.subscribe_recovering(conn, name, types)
+        for name, _ in channels:
+            await self.engine.broker.ready(name)
         results = []
         for name, types in channels:
             start = cmd.offsets.get(name) or record.positions.get(name)
@@ -133,13 +135,15 @@ class Recovery:
         self.resumes["recovered" if recovered else "partial"] += 1
         conn.send(native.resumed(cmd.id, conn.session_id, recovered, summary))
         for name, _, missed, _ in results:
-            self._send_missed(conn, name, missed)
+            self.go_live(conn, name, missed)
         has_notifications = any(notification_owner(n) is not None for n, _ in channels)
         if has_notifications:
             await self.replay_offline(conn)
 
-    def _send_missed(self, conn: "Connection", channel: str, missed: list[tuple[str, str, bytes]]) -> None:
-        """History entries, then whatever was held while reading it (newer ones only)."""
+    def go_live(self, conn: "Connection", channel: str, missed: list[tuple[str, str, bytes]] = ()) -> None:  # type: ignore[assignment]
+        """End a recovering subscription (``Hub.subscribe_recovering``): send ``missed``
+        history entries, then what the hub held meanwhile (newer ones only), and let
+        live messages through. Synchronous, so nothing can slip in between."""
         last = missed[-1][0] if missed else None
         frames = [(pos, mtype, with_offset(env, pos)) for pos, mtype, env in missed]
         for pos, mtype, env in self.hub.join_recovering(conn, channel):

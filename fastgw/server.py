@@ -309,6 +309,8 @@ class Gateway:
         if isinstance(cmd, native.Subscribe):
             reply, channel = await self._subscribe(conn, cmd)
             conn.send(reply)
+            if channel is not None:
+                self.recovery.go_live(conn, channel.name)  # what arrived while joining
             if channel is not None and channel.access is Access.OWNER:
                 await self.recovery.replay_offline(conn)  # the user's own notifications, kept offline
         elif isinstance(cmd, native.Ack):
@@ -326,9 +328,11 @@ class Gateway:
     async def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> tuple[bytes, Channel | None]:
         """The reply to a subscribe request, and the channel if the subscription was made.
 
-        The cluster-wide count and the history offset are fetched first, then the
-        subscription is made and the reply written in the same step, so no live
-        message overtakes the ``subscribed`` reply.
+        The cluster-wide count and the history offset are fetched first. Then the
+        connection joins with live messages held, until the broker confirms that
+        messages published from now on reach this node; then the reply, the held
+        messages and live ones follow in order: nothing published after ``subscribed``
+        is missed, and nothing overtakes it.
         """
         try:
             channel = parse_channel(cmd.channel)
@@ -350,10 +354,10 @@ class Gateway:
             log.debug("subscribe %s without cluster info: %s", name, exc)
         if conn.transport is None or conn.transport.is_closing():
             return native.error(cmd.id, "closed", "connection closed"), None
-        self.hub.subscribe(conn, name, cmd.types)
-        if offset is not None:
+        self.hub.subscribe_recovering(conn, name, cmd.types)
+        await self.broker.ready(name)
+        if offset is not None:  # the resume point: held messages (sent next) come after it
             self.hub.set_position(name, offset)
-            offset = self.hub.position(name)
         return native.subscribed(cmd.id, name, count, offset), channel
 
     def _hello(self, conn: Connection, cmd: native.Hello) -> bytes:

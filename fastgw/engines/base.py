@@ -69,6 +69,10 @@ class Broker(Protocol):
     def unsubscribe(self, channel: str) -> None:
         """This node's last local subscriber on ``channel`` left."""
 
+    async def ready(self, channel: str) -> None:
+        """Return once messages published on ``channel`` from now on reach this node
+        (after :meth:`subscribe`; the Redis broker waits for its SUBSCRIBE to be sent)."""
+
     async def flush(self) -> None:
         """Wait until every message published so far has been accepted by the engine
         (the Kafka source commits offsets only after this)."""

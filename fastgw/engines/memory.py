@@ -150,6 +150,9 @@ class MemoryBroker:
     def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
 
+    async def ready(self, channel: str) -> None:
+        return None
+
     async def flush(self) -> None:
         return None
 

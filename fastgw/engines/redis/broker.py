@@ -114,6 +114,11 @@ class RedisBroker:
     def unsubscribe(self, channel: str) -> None:
         self.subscriber.drop(channel)
 
+    async def ready(self, channel: str) -> None:
+        """Return once this node's SUBSCRIBE for ``channel`` has been sent: anything Redis
+        publishes on it afterwards reaches this node (degraded: at once)."""
+        await self.subscriber.ready(channel)
+
     async def flush(self) -> None:
         """Wait until Redis has accepted every message published so far (waits out an outage)."""
         target = self._submitted
@@ -238,6 +243,8 @@ class Subscriber:
         self.on_message = on_message
         self.wanted: set[str] = set()
         self._active: dict[str, Any] = {}  # channel → the PubSub it is subscribed on
+        self._confirmed: set[str] = set()  # channels whose SUBSCRIBE Redis has confirmed
+        self._confirmation = asyncio.Event()
         self._pubsubs: dict[str, Any] = {}  # node name ("" standalone) → PubSub
         self._clients: list[Any] = []  # per-node clients of a cluster
         self._readers: dict[int, asyncio.Task[None]] = {}  # id(PubSub) → its reader
@@ -251,6 +258,22 @@ class Subscriber:
     def drop(self, channel: str) -> None:
         self.wanted.discard(channel)
         self._kick()
+
+    async def ready(self, channel: str, timeout: float = 2.0) -> None:
+        """Wait (bounded) until Redis has confirmed the subscription to ``channel``."""
+        self.want(channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.link.up and channel in self.wanted and channel not in self._confirmed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("redis: subscription to %s not confirmed within %.1f s", channel, timeout)
+                return
+            self._confirmation.clear()
+            try:
+                await asyncio.wait_for(self._confirmation.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
 
     def want_all(self) -> None:
         """Reconcile now (channels wanted while the link was coming up)."""
@@ -296,6 +319,7 @@ class Subscriber:
             if names and id(pubsub) not in self._readers:  # a connection exists now: read it
                 self._readers[id(pubsub)] = asyncio.get_running_loop().create_task(
                     self._read(pubsub), name="fastgw-redis-pubsub")
+            self._confirmed.difference_update(unsubscribe)
             names = [self.keys.pubsub(ch) for ch in unsubscribe]
             if names and not self.link.cluster:
                 await pubsub.unsubscribe(*names)
@@ -316,7 +340,7 @@ class Subscriber:
                 self._clients.append(client)
             else:
                 client = self.link.client
-            pubsub = self._pubsubs[name] = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._pubsubs[name] = client.pubsub()
         return pubsub
 
     async def _read(self, pubsub: Any) -> None:
@@ -324,11 +348,21 @@ class Subscriber:
         try:
             while True:
                 message = await pubsub.get_message(timeout=None)
-                if message is None or message["type"] not in ("message", "smessage"):
+                if message is None:
                     continue
+                kind = message["type"]
                 channel = channel_of(message["channel"])
-                if channel is not None:
+                if channel is None:
+                    continue
+                if kind == "message" or kind == "smessage":
                     on_message(channel, message["data"])
+                elif kind == "subscribe" or kind == "ssubscribe":
+                    if channel in self.wanted:
+                        self._confirmed.add(channel)
+                    self._confirmation.set()
+                elif kind == "unsubscribe" or kind == "sunsubscribe":
+                    if channel not in self.wanted:
+                        self._confirmed.discard(channel)
         except asyncio.CancelledError:
             raise
         except UNREACHABLE as exc:
@@ -354,6 +388,7 @@ class Subscriber:
                 pass
         self._pubsubs.clear()
         self._active.clear()
+        self._confirmed.clear()
         for client in self._clients:
             try:
                 await client.aclose()
