@@ -125,7 +125,7 @@ class Hub:
         #: Told ``(channel, local subscriber count)`` when subscribers leave (presence).
         self.on_count_change = on_count_change or (lambda channel, count: None)
         self.codecs = Codecs()
-        broker.set_handler(self.deliver)
+        broker.set_handler(self.deliver, self.position)
 
     # --- subscriptions -----------------------------------------------------
 

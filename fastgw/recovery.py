@@ -95,7 +95,7 @@ class Recovery:
     async def resume(self, conn: "Connection", cmd: native.Resume) -> None:
         """Restore ``cmd.session_id``'s subscriptions and send what it missed, in order."""
         try:
-            record = await self.engine.sessions.take(cmd.session_id)
+            record = await self.engine.sessions.take(cmd.session_id, conn.principal.user_id)
         except Exception as exc:
             log.warning("session %s unavailable: %s", cmd.session_id, exc)
             record = None
@@ -136,6 +136,7 @@ class Recovery:
         conn.send(native.resumed(cmd.id, conn.session_id, recovered, summary))
         for name, _, missed, _ in results:
             self.go_live(conn, name, missed)
+            self.engine.presence.count_changed(name, self.hub.subscriber_count(name))
         has_notifications = any(notification_owner(n) is not None for n, _ in channels)
         if has_notifications:
             await self.replay_offline(conn)

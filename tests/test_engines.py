@@ -191,11 +191,12 @@ async def test_session_is_taken_once(make_engine):
     if make_engine.kind != "memory":
         await asyncio.sleep(0.05)
         a = b  # another node finds it
-    got = await a.sessions.take("s1")
+    assert await a.sessions.take("s1", "someone-else") is None  # not theirs, and still there
+    got = await a.sessions.take("s1", "u9")
     assert got is not None and got.user_id == "u9"
     assert got.subscriptions == record.subscriptions and got.positions == record.positions
-    assert await a.sessions.take("s1") is None
-    assert await a.sessions.take("never") is None
+    assert await a.sessions.take("s1", "u9") is None
+    assert await a.sessions.take("never", "u9") is None
 
 
 async def test_presence_and_cluster_wide_counts(make_engine):

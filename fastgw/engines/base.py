@@ -53,8 +53,9 @@ def notification_owner(channel: str) -> str | None:
 
 
 class Broker(Protocol):
-    def set_handler(self, handler: DeliverHandler) -> None:
-        """Install the node's delivery callback (the hub's ``deliver``)."""
+    def set_handler(self, handler: DeliverHandler, positions: Callable[[str], "str | None"] | None = None) -> None:
+        """Install the node's delivery callback (the hub's ``deliver``), and how to ask
+        the last position it delivered per channel (to catch up after a reconnect)."""
 
     def publish(self, channel: str, message_type: str, envelope: bytes) -> None:
         """Hand one encoded envelope to every node subscribed to ``channel``.
@@ -143,8 +144,9 @@ class Sessions(Protocol):
     async def save(self, session_id: str, record: SessionRecord) -> None:
         """Keep ``record`` for the resume grace period."""
 
-    async def take(self, session_id: str) -> SessionRecord | None:
-        """The record of ``session_id`` (removed: a session resumes once), or None."""
+    async def take(self, session_id: str, user_id: str | None) -> SessionRecord | None:
+        """The record of ``session_id`` if it belongs to ``user_id`` (then removed: a
+        session resumes once), else None (and a stranger's attempt leaves it in place)."""
 
 
 class Presence(Protocol):

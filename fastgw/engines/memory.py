@@ -129,7 +129,7 @@ class MemoryBroker:
         self.history = history or MemoryHistory()
         self.offline = offline or MemoryOfflineQueue()
 
-    def set_handler(self, handler: DeliverHandler) -> None:
+    def set_handler(self, handler: DeliverHandler, positions: Callable[[str], str | None] | None = None) -> None:
         self._handler = handler
 
     def publish(self, channel: str, message_type: str, envelope: bytes) -> None:
@@ -176,10 +176,14 @@ class MemorySessions:
             self._records.popitem(last=False)
         self._records[session_id] = (now + self.grace, record)
 
-    async def take(self, session_id: str) -> SessionRecord | None:
-        item = self._records.pop(session_id, None)
+    async def take(self, session_id: str, user_id: str | None) -> SessionRecord | None:
+        item = self._records.get(session_id)
         if item is None or item[0] < self._clock():
+            self._records.pop(session_id, None)
             return None
+        if item[1].user_id != user_id:
+            return None  # not theirs: the session stays for its owner
+        del self._records[session_id]
         return item[1]
 
 

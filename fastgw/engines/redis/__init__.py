@@ -52,12 +52,20 @@ class RedisEngine:
             self.link, keys, node_id=config.node_id, heartbeat=config.heartbeat,
             refresh=config.instance_refresh, port=port,
         )
-        # after a (re)connect: pub/sub first (nothing published may overtake it), then
-        # the node's registration, then what was kept during the outage
-        self.link.before_up(self.broker.subscriber.reconnect)
+        # after a (re)connect: pub/sub first (nothing published may overtake it) and what
+        # this node missed meanwhile, then the node's registration, then what it kept
+        self.link.before_up(self._rejoin)
         self.link.on_up(self.presence.register)
         self.link.on_up(self.broker.republish)
         self.link.on_up(self._resync_subscriptions)
+
+    async def _rejoin(self) -> None:
+        subscriber = self.broker.subscriber
+        try:
+            await subscriber.reconnect()  # data messages held from here
+            await self.broker.catch_up()
+        finally:
+            subscriber.release()
 
     async def _resync_subscriptions(self) -> None:
         self.broker.subscriber.want_all()

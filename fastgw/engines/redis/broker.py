@@ -23,8 +23,9 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+import orjson
 import redis.asyncio as aioredis
 
 from fastgw.engines.base import DeliverHandler, notification_owner
@@ -43,20 +44,32 @@ class BrokerStats:
     queued_offline: int = 0  # of which kept in an offline queue (no live subscriber)
     received: int = 0  # pub/sub messages handed to the hub
     buffered: int = 0  # published while Redis was down, republished after
+    caught_up: int = 0  # delivered from history after this node reconnected
     lost: int = 0  # published while Redis was down, beyond the outage buffer
 
 
+#: A quiet channel's history key outlives its entries (trimmed after ``history_ttl``)
+#: by this much, so a resume can still tell that nothing was dropped.
+HISTORY_KEY_TTL = 24 * 3600.0
+
+
 def decode_payload(data: bytes) -> tuple[str, str, bytes, str | None, bytes] | None:
-    """``(type, origin, flag, position, envelope)`` of a pub/sub payload, or None if malformed."""
+    """``(type, origin, flag, position, envelope)`` of a pub/sub payload, or None if malformed.
+
+    The envelope is checked to be a JSON object (once per node per message, not per
+    subscriber): anything else on our channels was not written by a gateway.
+    """
     parts = data.split(b"|", 4)
     if len(parts) != 5:
         return None
     mtype, origin, flag, position, envelope = parts
-    if not envelope.startswith(b"{") or not envelope.endswith(b"}") or flag not in (b"0", b"1"):
+    if flag not in (b"0", b"1") or not envelope.startswith(b"{"):
         return None
     try:
+        if not isinstance(orjson.loads(envelope), dict):
+            return None
         return mtype.decode(), origin.decode(), flag, position.decode() or None, envelope
-    except UnicodeDecodeError:
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
         return None
 
 
@@ -78,10 +91,14 @@ class RedisBroker:
         self.node_id = node_id
         self.stats = BrokerStats()
         self._handler: DeliverHandler | None = None
+        self._positions: Callable[[str], str | None] = lambda channel: None
+        #: channel → position caught up to after a reconnect: older live messages are skipped
+        self._caught_up: dict[str, tuple[int, int]] = {}
         self._publish_cmd = "SPUBLISH" if link.cluster else "PUBLISH"
         self._history_sha = link.register_script(PUBLISH_HISTORY)
         self._queue_sha = link.register_script(PUBLISH_OR_QUEUE)
-        self._history_args = (str(history_size), str(int(history_ttl * 1000)))
+        self._history_args = (str(history_size), str(int(history_ttl * 1000)),
+                              str(int(max(history_ttl, HISTORY_KEY_TTL) * 1000)), node_id)
         self._queue_args = (str(offline_max_messages), str(int(offline_retention * 1000)))
         # outgoing
         self._outbox: list[tuple[str, str, bytes, bytes]] = []
@@ -96,8 +113,10 @@ class RedisBroker:
 
     # --- Broker interface ----------------------------------------------------------
 
-    def set_handler(self, handler: DeliverHandler) -> None:
+    def set_handler(self, handler: DeliverHandler, positions: Callable[[str], str | None] | None = None) -> None:
         self._handler = handler
+        if positions is not None:
+            self._positions = positions
 
     def publish(self, channel: str, message_type: str, envelope: bytes) -> None:
         self._submitted += 1
@@ -146,7 +165,7 @@ class RedisBroker:
             return ("EVALSHA", self._queue_sha, 2, self.keys.queue(channel), self.keys.queue_seq(channel),
                     self.keys.pubsub(channel), self._publish_cmd, header, envelope, *self._queue_args)
         return ("EVALSHA", self._history_sha, 1, self.keys.history(channel),
-                self.keys.pubsub(channel), self._publish_cmd, header, envelope, message_type, *self._history_args)
+                self.keys.pubsub(channel), self._publish_cmd, header, envelope, message_type, *self._history_args, flag)
 
     async def _send(self) -> None:
         await asyncio.sleep(0)  # gather the rest of this loop turn's messages
@@ -200,6 +219,39 @@ class RedisBroker:
                           self._outage_limit, self.stats.lost)
         self._outage.append((channel, message_type, envelope, b"1"))
 
+    async def catch_up(self) -> None:
+        """After a reconnect: deliver what each subscribed channel's history holds beyond
+        the last position this node delivered (published while this node was away).
+
+        Runs before live messages are read; live ones it already covered are skipped.
+        """
+        channels = [(ch, self._positions(ch)) for ch in self.subscriber.wanted]
+        channels = [(ch, pos) for ch, pos in channels if pos is not None and notification_owner(ch) is None]
+        if not channels:
+            return
+        results = await self.link.execute(
+            [("XRANGE", self.keys.history(ch), "(" + pos, "+", "COUNT", self._history_args[0]) for ch, pos in channels])
+        caught = 0
+        for (channel, _), entries in zip(channels, results):
+            if isinstance(entries, Exception):
+                self.link.stats.malformed["history"] += 1
+                continue
+            for entry_id, fields in entries:
+                mtype, envelope = fields.get(b"t"), fields.get(b"e")
+                if not mtype or not envelope:
+                    self.link.stats.malformed["history"] += 1
+                    continue
+                if fields.get(b"f") == b"1" and fields.get(b"o") == self.node_id.encode():
+                    continue  # this node's own outage message, delivered here already
+                position = entry_id.decode()
+                self._caught_up[channel] = _order(position)
+                if self._handler is not None:
+                    self._handler(channel, mtype.decode(), envelope, position)
+                caught += 1
+        if caught:
+            self.stats.caught_up += caught
+            log.warning("redis: delivered %d messages published while this node was disconnected", caught)
+
     async def republish(self) -> None:
         """After reconnecting: publish what was kept during the outage, in order."""
         if not self._outage:
@@ -223,9 +275,21 @@ class RedisBroker:
         mtype, origin, flag, position, envelope = decoded
         if flag == b"1" and origin == self.node_id:
             return  # delivered here during the outage already
+        if self._caught_up and position is not None and channel in self._caught_up:
+            if _order(position) <= self._caught_up[channel]:
+                return  # already delivered by the catch-up after a reconnect
+            del self._caught_up[channel]
         self.stats.received += 1
         if self._handler is not None:
             self._handler(channel, mtype, envelope, position)
+
+
+def _order(position: str) -> tuple[int, int]:
+    ms, _, seq = position.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
 
 
 class Subscriber:
@@ -244,6 +308,8 @@ class Subscriber:
         self.wanted: set[str] = set()
         self._active: dict[str, Any] = {}  # channel → the PubSub it is subscribed on
         self._confirmed: set[str] = set()  # channels whose SUBSCRIBE Redis has confirmed
+        #: While not None, data messages are kept here instead of delivered (reconnect).
+        self._held: list[tuple[str, bytes]] | None = None
         self._confirmation = asyncio.Event()
         self._pubsubs: dict[str, Any] = {}  # node name ("" standalone) → PubSub
         self._clients: list[Any] = []  # per-node clients of a cluster
@@ -262,9 +328,16 @@ class Subscriber:
     async def ready(self, channel: str, timeout: float = 2.0) -> None:
         """Wait (bounded) until Redis has confirmed the subscription to ``channel``."""
         self.want(channel)
+        await self.confirmed([channel], timeout, need_link=True)
+
+    async def confirmed(self, channels: list[str], timeout: float = 2.0, need_link: bool = False) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.link.up and channel in self.wanted and channel not in self._confirmed:
+        while True:
+            missing = [ch for ch in channels if ch in self.wanted and ch not in self._confirmed]
+            if not missing or (need_link and not self.link.up):
+                return
+            channel = missing[0]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning("redis: subscription to %s not confirmed within %.1f s", channel, timeout)
@@ -355,7 +428,14 @@ class Subscriber:
                 if channel is None:
                     continue
                 if kind == "message" or kind == "smessage":
-                    on_message(channel, message["data"])
+                    if self._held is not None:  # reconnecting: the catch-up goes first
+                        self._held.append((channel, message["data"]))
+                        continue
+                    try:
+                        on_message(channel, message["data"])
+                    except Exception:  # one bad message must not stop the node's feed
+                        self.link.stats.malformed["delivery_error"] += 1
+                        log.exception("redis: delivering a message of %s failed", channel)
                 elif kind == "subscribe" or kind == "ssubscribe":
                     if channel in self.wanted:
                         self._confirmed.add(channel)
@@ -372,9 +452,25 @@ class Subscriber:
             self.link.mark_down(exc)
 
     async def reconnect(self) -> None:
-        """Fresh pub/sub connections, subscribed to every wanted channel (after an outage)."""
+        """Fresh pub/sub connections, subscribed to every wanted channel (after an outage).
+
+        Data messages are held (see :meth:`release`) so that the broker's catch-up from
+        history is delivered before them.
+        """
         await self._teardown()
+        self._held = []
         await self._reconcile()
+        await self.confirmed(list(self.wanted))
+
+    def release(self) -> None:
+        """Deliver what arrived while reconnecting, then go back to delivering at once."""
+        held, self._held = self._held or [], None
+        for channel, data in held:
+            try:
+                self.on_message(channel, data)
+            except Exception:
+                self.link.stats.malformed["delivery_error"] += 1
+                log.exception("redis: delivering a message of %s failed", channel)
 
     async def _teardown(self) -> None:
         for task in self._readers.values():

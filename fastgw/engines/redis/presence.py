@@ -107,19 +107,26 @@ class RedisPresence:
             counts = await self.link.batch.call("HGETALL", key)
         except Unavailable:
             return local_subscribers
-        total = local_subscribers
+        others: dict[str, int] = {}
         for node, count in counts.items():
             name = node.decode("utf-8", "replace")
             if name == self.node_id:
                 continue
-            if name not in self.live_nodes:
-                self.link.batch.fire("HDEL", key, node)  # a dead node's leftover
-                continue
             try:
-                total += int(count)
+                others[name] = int(count)
             except ValueError:
                 self.link.stats.malformed["subscriber_count"] += 1
-        return total
+        unknown = [name for name in others if name not in self.live_nodes]
+        if unknown:  # started since the last registry refresh, or dead: ask the registry
+            alive = await asyncio.gather(*(self.link.batch.call("EXISTS", self.keys.instance(n)) for n in unknown),
+                                         return_exceptions=True)
+            for name, exists in zip(unknown, alive):
+                if exists == 1:
+                    self.live_nodes.add(name)
+                elif not isinstance(exists, Exception):
+                    del others[name]
+                    self.link.batch.fire("HDEL", key, name)  # a dead node's leftover
+        return local_subscribers + sum(others.values())
 
     async def user_presence(self, user_id: str) -> dict[str, Any]:
         now = int(time.time() * 1000)

@@ -10,6 +10,9 @@ atomic step means a notification is never both missed live and not queued.
 
 ACK — drop queue entries up to a sequence number (and unreadable heads).
 
+TAKE_SESSION — hand a session record to its own user, once; anyone else gets
+nothing and the session stays for its owner.
+
 Pub/sub payload (both publish scripts)::
 
     <message type>|<origin node>|<flag>|<position or empty>|<envelope JSON>
@@ -20,18 +23,23 @@ unreachable: the origin skips it, the other nodes deliver it.
 
 from __future__ import annotations
 
-__all__ = ["PUBLISH_HISTORY", "PUBLISH_OR_QUEUE", "ACK"]
+__all__ = ["PUBLISH_HISTORY", "PUBLISH_OR_QUEUE", "ACK", "TAKE_SESSION"]
 
 # KEYS[1] history stream
-# ARGV: 1 pubsub channel, 2 PUBLISH|SPUBLISH, 3 "type|origin|flag|", 4 envelope, 5 type, 6 max length, 7 ttl ms
+# ARGV: 1 pubsub channel, 2 PUBLISH|SPUBLISH, 3 "type|origin|flag|", 4 envelope, 5 type, 6 max length,
+#       7 ttl ms (entries), 8 key ttl ms, 9 origin node, 10 flag
+# Entries older than the ttl are trimmed on each publish; the key itself lives much
+# longer, so that ``max-deleted-entry-id`` still answers "was anything dropped?" for
+# a channel that went quiet.
 PUBLISH_HISTORY = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*', 't', ARGV[5], 'e', ARGV[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[6], '*',
+                      't', ARGV[5], 'e', ARGV[4], 'o', ARGV[9], 'f', ARGV[10])
 local now = redis.call('TIME')
 local oldest = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[7])
 if oldest > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call(ARGV[2], ARGV[1], ARGV[3] .. id .. '|' .. ARGV[4])
 return id
 """
@@ -53,18 +61,38 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return -seq
 """
 
-# KEYS[1] queue list; ARGV[1] acknowledged sequence; returns entries removed
+# KEYS[1] queue list; ARGV[1] acknowledged sequence; returns entries removed.
+# An entry is readable exactly when the gateway's reader accepts it
+# (``seq|unix seconds|JSON object``); unreadable heads are dropped too, or they
+# would stop the trim forever.
 ACK = """
 local removed = 0
 local up_to = tonumber(ARGV[1])
 while true do
   local head = redis.call('LINDEX', KEYS[1], 0)
   if not head then break end
-  local sep = string.find(head, '|', 1, true)
-  local seq = sep and tonumber(string.sub(head, 1, sep - 1))
-  if seq and seq > up_to then break end
+  local seq, stamp, body = string.match(head, '^(%d+)|(%d+%.?%d*)|(.*)$')
+  local readable = seq and pcall(cjson.decode, body) and string.sub(body, 1, 1) == '{'
+  if readable and tonumber(seq) > up_to then break end
   redis.call('LPOP', KEYS[1])
   removed = removed + 1
 end
 return removed
+"""
+
+# KEYS[1] session key; ARGV[1] the resuming user's id ("" for anonymous).
+# Returns the record (removed), or false; an unreadable record is removed and returned.
+TAKE_SESSION = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return false end
+local ok, rec = pcall(cjson.decode, raw)
+if not ok or type(rec) ~= 'table' then
+  redis.call('DEL', KEYS[1])
+  return raw
+end
+local user = rec['user']
+if user == nil or user == cjson.null then user = '' end
+if tostring(user) ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[1])
+return raw
 """

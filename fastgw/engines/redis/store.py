@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 from fastgw.engines.base import Recovery, SessionRecord
 from fastgw.engines.redis.keys import Keys
 from fastgw.engines.redis.link import Link, Unavailable
-from fastgw.engines.redis.scripts import ACK
+from fastgw.engines.redis.scripts import ACK, TAKE_SESSION
 
 __all__ = ["RedisOfflineQueue", "RedisHistory", "RedisSessions"]
 
@@ -90,8 +90,10 @@ def _queue_entry(entry: bytes) -> tuple[int, float, bytes] | None:
 class RedisHistory:
     """Stream ``hist:{channel}`` per public channel, appended by the publish script.
 
-    Positions are stream ids (``ms-seq``). Redis >= 7 records the newest id ever
-    trimmed (``max-deleted-entry-id``), so a recovery knows whether it is complete.
+    Positions are stream ids (``ms-seq``), each the id of an entry that existed (or
+    ``0-0``, before the first). Trimming removes the oldest entries first, so a
+    recovery from position P is complete exactly when P's entry is still there (for
+    ``0-0``: when no entry was ever removed).
     """
 
     def __init__(self, link: Link, keys: Keys, size: int, ttl: float) -> None:
@@ -104,22 +106,23 @@ class RedisHistory:
         if not _STREAM_ID.match(position):
             return Recovery([], False)
         key = self.keys.history(channel)
-        info, entries = await _gather(self.link, ("XINFO STREAM", key),
-                                      ("XRANGE", key, "(" + position, "+", "COUNT", self.size))
+        info, anchor, entries = await _gather(self.link, ("XINFO STREAM", key), ("XRANGE", key, position, position),
+                                              ("XRANGE", key, "(" + position, "+", "COUNT", self.size))
         if isinstance(info, ResponseError):
             if "no such key" not in str(info).lower():
                 self._malformed(key, info)
                 return Recovery([], False)
-            # No stream: nothing was published for ``ttl``. Complete if the position is
-            # from before that (or is the empty position); otherwise the data was lost.
-            ms = int(position.split("-")[0])
-            return Recovery([], position == "0-0" or ms < time.time() * 1000 - self.ttl * 1000)
-        if isinstance(info, Exception) or isinstance(entries, Exception):
-            self._malformed(key, info if isinstance(info, Exception) else entries)
-            return Recovery([], False)
-        deleted = _id(_field(info, "max-deleted-entry-id"))
-        last = _id(_field(info, "last-generated-id"))
-        wanted = _id(position.encode())
+            # No stream: nothing was ever published (complete from the empty position),
+            # or its key expired after a day of silence, or Redis lost it: unknown.
+            return Recovery([], position == "0-0")
+        for result in (info, anchor, entries):
+            if isinstance(result, Exception):
+                self._malformed(key, result)
+                return Recovery([], False)
+        if position == "0-0":
+            intact = _int_field(info, "entries-added") == _int_field(info, "length")
+        else:
+            intact = bool(anchor)
         missed = []
         for entry_id, fields in entries:
             mtype, envelope = fields.get(b"t"), fields.get(b"e")
@@ -127,8 +130,7 @@ class RedisHistory:
                 self._malformed(key, entry_id)
                 continue
             missed.append((entry_id.decode(), mtype.decode(), envelope))
-        complete = deleted <= wanted <= last and len(entries) < self.size
-        return Recovery(missed, complete)
+        return Recovery(missed, intact and len(entries) < self.size)
 
     async def position(self, channel: str) -> str:
         try:
@@ -151,14 +153,15 @@ class RedisSessions:
         self.link = link
         self.keys = keys
         self.grace_ms = int(grace * 1000)
+        self._take_sha = link.register_script(TAKE_SESSION)
 
     async def save(self, session_id: str, record: SessionRecord) -> None:
         self.link.batch.fire("SET", self.keys.session(session_id), orjson.dumps(record.to_json()), "PX", self.grace_ms)
 
-    async def take(self, session_id: str) -> SessionRecord | None:
+    async def take(self, session_id: str, user_id: str | None) -> SessionRecord | None:
         key = self.keys.session(session_id)
         try:
-            raw = await self.link.batch.call("GETDEL", key)
+            raw = await self.link.batch.call("EVALSHA", self._take_sha, 1, key, user_id or "")
         except ResponseError as exc:
             raw = exc
         if raw is None:
@@ -192,9 +195,9 @@ def _field(info: Any, name: str) -> bytes:
     return value if isinstance(value, bytes) else b"0-0"
 
 
-def _id(value: bytes) -> tuple[int, int]:
+def _int_field(info: Any, name: str) -> int:
+    value = info.get(name) if isinstance(info, dict) else None
     try:
-        ms, _, seq = value.partition(b"-")
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
