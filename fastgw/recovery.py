@@ -141,10 +141,11 @@ class Recovery:
         if has_notifications:
             await self.replay_offline(conn)
 
-    def go_live(self, conn: "Connection", channel: str, missed: list[tuple[str, str, bytes]] = ()) -> None:  # type: ignore[assignment]
+    def go_live(self, conn: "Connection", channel: str, missed: list[tuple[str, str, bytes]] | None = None) -> None:
         """End a recovering subscription (``Hub.subscribe_recovering``): send ``missed``
         history entries, then what the hub held meanwhile (newer ones only), and let
         live messages through. Synchronous, so nothing can slip in between."""
+        missed = missed or []
         last = missed[-1][0] if missed else None
         frames = [(pos, mtype, with_offset(env, pos)) for pos, mtype, env in missed]
         for pos, mtype, env in self.hub.join_recovering(conn, channel):
