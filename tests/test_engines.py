@@ -220,3 +220,23 @@ async def test_presence_and_cluster_wide_counts(make_engine):
     await settle()
     assert await a.presence.user_presence("u5") == {"online": True, "devices": 1}
     assert await a.presence.subscriber_count("alerts:all", 1) == 1
+
+
+async def test_a_dead_instance_expires_from_the_registry_and_the_counts(make_engine):
+    """A node that vanishes without deregistering (kill -9) drops out after three refresh
+    periods: from ``instances`` and from cluster-wide subscriber counts."""
+    if make_engine.kind == "memory":
+        pytest.skip("one node: there is no registry")
+    a, doomed = await make_engine(instance_refresh=0.2), await make_engine(instance_refresh=0.2)
+    await a.presence.register()
+    await doomed.presence.register()
+    assert await a.presence.subscriber_count("alerts:all", 1) == 1
+    assert await doomed.presence.subscriber_count("alerts:all", 4) == 5
+    doomed.presence._task.cancel()  # dies: no more refreshes, no deregistration
+    doomed.link.up = False  # and its close() will not clean up after it
+    nodes = {i["node"] for i in await a.presence.instances()}
+    assert doomed.presence.node_id in nodes
+    await asyncio.sleep(0.9)  # > 3 x 0.2 s
+    await a.presence.register()
+    assert doomed.presence.node_id not in {i["node"] for i in await a.presence.instances()}
+    assert await a.presence.subscriber_count("alerts:all", 1) == 1
