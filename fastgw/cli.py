@@ -86,6 +86,28 @@ def main() -> None:
               help="Messages of recent history kept per channel for session resume.")
 @click.option("--history-ttl", envvar="FASTGW_HISTORY_TTL", default=150.0, show_default=True, type=float,
               help="Seconds of recent history kept per channel for session resume.")
+@click.option("--connect-rate-per-ip", envvar="FASTGW_CONNECT_RATE_PER_IP", default=20.0, show_default=True,
+              type=float, help="New connections per second per source IP (token bucket); over it: 429.")
+@click.option("--connect-burst-per-ip", envvar="FASTGW_CONNECT_BURST_PER_IP", default=40, show_default=True, type=int)
+@click.option("--connect-rate", envvar="FASTGW_CONNECT_RATE", default=1000.0, show_default=True, type=float,
+              help="New connections per second for the instance (token bucket); over it: 503.")
+@click.option("--connect-burst", envvar="FASTGW_CONNECT_BURST", default=2000, show_default=True, type=int)
+@click.option("--ready-high-water", envvar="FASTGW_READY_HIGH_WATER", default=0.9, show_default=True, type=float,
+              help="/readyz turns 503 above this fraction of --max-connections.")
+@click.option("--drain-period", envvar="FASTGW_DRAIN_PERIOD", default=30.0, show_default=True, type=float,
+              help="SIGTERM: seconds over which clients are told to reconnect (jittered) and closed.")
+@click.option("--tls-cert", envvar="FASTGW_TLS_CERT", default=None, metavar="PEM", help="Serve wss:// and https://.")
+@click.option("--tls-key", envvar="FASTGW_TLS_KEY", default=None, metavar="PEM")
+@click.option("--allowed-origins", envvar="FASTGW_ALLOWED_ORIGINS", default="", metavar="ORIGIN[,ORIGIN]",
+              help="Origins accepted on WebSocket upgrades (default: any).")
+@click.option("--jwt-issuer", envvar="FASTGW_JWT_ISSUER", default=None, help="Required iss claim.")
+@click.option("--jwt-audience", envvar="FASTGW_JWT_AUDIENCE", default=None, help="Required aud claim.")
+@click.option("--log-format", envvar="FASTGW_LOG_FORMAT", default="text", show_default=True,
+              type=click.Choice(["text", "json"]), help="json: one object per line with instance/session/user ids.")
+@click.option("--influx-url", envvar="FASTGW_INFLUX_URL", default=None, metavar="URL",
+              help="Push the metrics in InfluxDB line protocol to this write URL.")
+@click.option("--influx-token", envvar="FASTGW_INFLUX_TOKEN", default=None)
+@click.option("--influx-interval", envvar="FASTGW_INFLUX_INTERVAL", default=10.0, show_default=True, type=float)
 @click.option("--log-level", envvar="FASTGW_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
@@ -95,10 +117,12 @@ def serve(
     max_subscriptions: int, max_frame_size: int, outbound_limit: int, window_full: int, window_cellular: int,
     window_slow: int, backlog: int | None, redis: str | None, redis_cluster: bool, redis_prefix: str, workers: int,
     offline_max_messages: int, offline_retention: float, resume_grace: float, history_size: int,
-    history_ttl: float, log_level: str,
+    history_ttl: float, connect_rate_per_ip: float, connect_burst_per_ip: int, connect_rate: float,
+    connect_burst: int, ready_high_water: float, drain_period: float, tls_cert: str | None, tls_key: str | None,
+    allowed_origins: str, jwt_issuer: str | None, jwt_audience: str | None, log_format: str,
+    influx_url: str | None, influx_token: str | None, influx_interval: float, log_level: str,
 ) -> None:
     """Run the gateway (single node, in-memory broker, built-in simulator by default)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = Config(
             host=host, port=port, max_connections=max_connections, jwt_secret=jwt_secret,
@@ -111,10 +135,18 @@ def serve(
             backlog=backlog or system_somaxconn(), redis=redis, redis_cluster=redis_cluster,
             redis_prefix=redis_prefix, workers=workers, offline_max_messages=offline_max_messages,
             offline_retention=offline_retention, resume_grace=resume_grace, history_size=history_size,
-            history_ttl=history_ttl,
+            history_ttl=history_ttl, connect_rate_per_ip=connect_rate_per_ip,
+            connect_burst_per_ip=connect_burst_per_ip, connect_rate=connect_rate, connect_burst=connect_burst,
+            ready_high_water=ready_high_water, drain_period=drain_period, tls_cert=tls_cert, tls_key=tls_key,
+            allowed_origins=tuple(o.strip() for o in allowed_origins.split(",") if o.strip()),
+            jwt_issuer=jwt_issuer, jwt_audience=jwt_audience, log_format=log_format,
+            influx_url=influx_url, influx_token=influx_token, influx_interval=influx_interval,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    from fastgw.logs import configure as configure_logging
+
+    configure_logging(log_level, config.log_format, config.node_id)
     if not config.auth_configured:
         logging.getLogger("fastgw").warning(
             "no --jwt-secret or --jwt-public-key: anonymous access to public channels only; "

@@ -93,6 +93,32 @@ class Config:
     history_ttl: float = 150.0
     #: Seconds between instance-registry refreshes (the entry lives three times as long).
     instance_refresh: float = 5.0
+    #: New WebSocket connections per second (token bucket rate, burst) per source IP and
+    #: for the whole instance; over them upgrades get 429 (per IP) or 503 (instance).
+    connect_rate_per_ip: float = 20.0
+    connect_burst_per_ip: int = 40
+    connect_rate: float = 1000.0
+    connect_burst: int = 2000
+    #: ``/readyz`` turns 503 above this fraction of ``max_connections`` (load balancers
+    #: stop sending new clients before the instance is full).
+    ready_high_water: float = 0.9
+    #: SIGTERM: seconds over which clients are told to reconnect (jittered) and closed.
+    drain_period: float = 30.0
+    #: Serve wss:// and https:// directly (PEM files).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: Accepted ``Origin`` headers on upgrades (empty: any, including none).
+    allowed_origins: tuple[str, ...] = ()
+    #: Required JWT ``iss`` / ``aud`` (None: not checked).
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    #: ``text`` or ``json`` (one JSON object per line, with instance/session/user ids).
+    log_format: str = "text"
+    #: InfluxDB v2 write URL (``http://HOST:8086/api/v2/write?org=O&bucket=B``): the
+    #: metrics are pushed there in line protocol every ``influx_interval`` seconds.
+    influx_url: str | None = None
+    influx_token: str | None = None
+    influx_interval: float = 10.0
 
     def __post_init__(self) -> None:
         if self.jwt_secret and self.jwt_public_key:
@@ -107,6 +133,12 @@ class Config:
             raise ValueError("--workers above 1 needs --redis: workers act as one gateway through Redis")
         if self.redis_cluster and not self.redis:
             raise ValueError("--redis-cluster needs --redis URL of a cluster node")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if not 0 < self.ready_high_water <= 1:
+            raise ValueError("ready_high_water must be in (0, 1]")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("log_format is text or json")
         if self.offline_max_messages < 1 or self.history_size < 1:
             raise ValueError("offline_max_messages and history_size must be at least 1")
 

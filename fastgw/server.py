@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
+from fastgw import admin, influx, metrics, security
 from fastgw import core as default_core
 from fastgw.auth import AuthError, Authenticator, token_from_request_parts
 from fastgw.channels import Access, Channel, InvalidChannel, Principal, can_subscribe, parse_channel
@@ -108,6 +109,8 @@ class Gateway:
                 web.get("/api/presence/{user_id}", self._handle_presence),
             ]
         )
+        metrics.add_routes(app, self)
+        admin.add_routes(app, self)
         return app
 
     async def start(self) -> int:
@@ -122,8 +125,12 @@ class Gateway:
             raise
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, backlog=cfg.backlog)
+        site = web.SockSite(self._runner, sock, backlog=cfg.backlog,
+                            ssl_context=security.ssl_context(cfg.tls_cert, cfg.tls_key))
         await site.start()
+        self._tasks.append(asyncio.create_task(admin.stats_stream(self), name="fastgw-stats-stream"))
+        if cfg.influx_url:
+            self._tasks.append(asyncio.create_task(influx.push_forever(self), name="fastgw-influx"))
         if cfg.simulator:
             self._start_simulator()
         if cfg.kafka:
@@ -179,6 +186,9 @@ class Gateway:
             return self._refuse("draining", "instance is draining")
         if len(self.connections) + self._upgrading >= cfg.max_connections:
             return self._refuse("limit", "connection limit reached")
+        if not security.origin_allowed(request.headers.get("Origin"), cfg.allowed_origins):
+            self.stats.rejected["origin"] += 1
+            return _json({"error": "forbidden", "message": "origin not allowed"}, status=403)
         try:
             principal = self.auth.authenticate(token_from_request_parts(request.headers, request.query))
         except AuthError as exc:
