@@ -694,6 +694,8 @@ def start_fastgw(procs: Procs, cfg: BenchConfig, *, name: str = "fastgw", extra_
     argv = fastgw_command() + [
         "serve", "--host", HOST, "--port", str(port), "--jwt-secret", JWT_SECRET,
         "--no-simulator", "--max-connections", "20000",
+        # the fleet connects thousands of clients from one address at once: no load shedding
+        "--connect-rate", "0", "--connect-rate-per-ip", "0", "--drain-period", "0",
     ] + (extra_args or [])
     proc = procs.start(name, argv, env={**_fastgw_env(), **(extra_env or {})}, cpu=cfg.server_cpu)
     wait_ready(proc, HOST, port, "/readyz", timeout=30.0)

@@ -86,11 +86,11 @@ def main() -> None:
               help="Messages of recent history kept per channel for session resume.")
 @click.option("--history-ttl", envvar="FASTGW_HISTORY_TTL", default=150.0, show_default=True, type=float,
               help="Seconds of recent history kept per channel for session resume.")
-@click.option("--connect-rate-per-ip", envvar="FASTGW_CONNECT_RATE_PER_IP", default=20.0, show_default=True,
-              type=float, help="New connections per second per source IP (token bucket); over it: 429.")
-@click.option("--connect-burst-per-ip", envvar="FASTGW_CONNECT_BURST_PER_IP", default=40, show_default=True, type=int)
+@click.option("--connect-rate-per-ip", envvar="FASTGW_CONNECT_RATE_PER_IP", default=50.0, show_default=True,
+              type=float, help="New connections per second per source IP (token bucket; 0 = off); over it: 429.")
+@click.option("--connect-burst-per-ip", envvar="FASTGW_CONNECT_BURST_PER_IP", default=500, show_default=True, type=int)
 @click.option("--connect-rate", envvar="FASTGW_CONNECT_RATE", default=1000.0, show_default=True, type=float,
-              help="New connections per second for the instance (token bucket); over it: 503.")
+              help="New connections per second for the instance (token bucket; 0 = off); over it: 503.")
 @click.option("--connect-burst", envvar="FASTGW_CONNECT_BURST", default=2000, show_default=True, type=int)
 @click.option("--ready-high-water", envvar="FASTGW_READY_HIGH_WATER", default=0.9, show_default=True, type=float,
               help="/readyz turns 503 above this fraction of --max-connections.")
@@ -204,7 +204,7 @@ def _run(config: Config) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a repeated signal must not cut the drain short
             loop.add_signal_handler(sig, log.info, "already stopping")
         log.info("stopping: closing %d connections", len(gateway.connections))
-        await gateway.stop()
+        await gateway.stop(drain_period=config.drain_period)
 
     try:
         import uvloop
@@ -240,14 +240,20 @@ def simulate(kafka: str, buses: int, rate: float, fmt: str, duration: float, top
 @click.option("--jwt-secret", envvar="FASTGW_JWT_SECRET", default=None, help="HS256 secret (as for serve).")
 @click.option("--jwt-private-key", envvar="FASTGW_JWT_PRIVATE_KEY", default=None,
               help="RS256 private key: PEM text or a path to a PEM file.")
-def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_key: str | None) -> None:
+@click.option("--iss", envvar="FASTGW_JWT_ISSUER", default=None,
+              help="iss claim (as serve's --jwt-issuer, whose env var it reads too).")
+@click.option("--aud", envvar="FASTGW_JWT_AUDIENCE", default=None,
+              help="aud claim (as serve's --jwt-audience, whose env var it reads too).")
+def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_key: str | None,
+          iss: str | None, aud: str | None) -> None:
     """Print a signed JWT for the configured secret or private key."""
     from fastgw.auth import mint_token
 
     if not jwt_secret and not jwt_private_key:
         raise click.UsageError("set --jwt-secret (or FASTGW_JWT_SECRET) or --jwt-private-key")
     try:
-        click.echo(mint_token(sub, secret=jwt_secret, private_key=_read_key(jwt_private_key), admin=admin, ttl=ttl))
+        click.echo(mint_token(sub, secret=jwt_secret, private_key=_read_key(jwt_private_key), admin=admin, ttl=ttl,
+                              issuer=iss, audience=aud))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -95,8 +95,8 @@ class Config:
     instance_refresh: float = 5.0
     #: New WebSocket connections per second (token bucket rate, burst) per source IP and
     #: for the whole instance; over them upgrades get 429 (per IP) or 503 (instance).
-    connect_rate_per_ip: float = 20.0
-    connect_burst_per_ip: int = 40
+    connect_rate_per_ip: float = 50.0
+    connect_burst_per_ip: int = 500
     connect_rate: float = 1000.0
     connect_burst: int = 2000
     #: ``/readyz`` turns 503 above this fraction of ``max_connections`` (load balancers

@@ -13,11 +13,20 @@ Flow of one message::
 
 Slow consumers (socket buffer over the connection's outbound limit) are not
 written to; they are handed to ``on_overflow`` (the server closes them with 4008).
+
+Instrumentation (``Stats``, docs/observability.md) costs a few integer additions per
+message per subscriber group, never per subscriber: delivery latency is observed
+once per group right after its ``fanout`` (weighted by the sockets written), and for
+batching groups when the flush that writes them runs (``_Pending``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
+from datetime import datetime
+from operator import attrgetter
 from types import ModuleType
 from typing import Any, Callable
 
@@ -28,7 +37,7 @@ from fastgw.messages import MessageIds, iso_now
 from fastgw.prepare import Codecs, PreparedMessage
 from fastgw.profiles import Encoding
 from fastgw.protocol import native
-from fastgw.stats import Stats
+from fastgw.stats import Stats, channel_type
 
 __all__ = ["Hub"]
 
@@ -40,11 +49,13 @@ class _Group:
     ``batched`` queue the message until their connection's window closes.
     """
 
-    __slots__ = ("encoding", "window", "transports", "conns", "batchers", "batched")
+    __slots__ = ("encoding", "window", "transports", "conns", "batchers", "batched", "pending")
 
     def __init__(self, encoding: Encoding, window: float) -> None:
         self.encoding = encoding
         self.window = window
+        #: The flush this group's batchers wait for, since a message of this group woke them.
+        self.pending: _Pending | None = None
         self.transports: list[Any] = []
         self.conns: list[Connection] = []
         self.batchers: list[Any] = []
@@ -59,7 +70,7 @@ class _Subscribers:
     transport/batcher lists, rebuilt only after a change.
     """
 
-    __slots__ = ("members", "_targets", "position", "recovering")
+    __slots__ = ("members", "_targets", "position", "recovering", "messages")
 
     def __init__(self) -> None:
         #: connection → message-type filter (None = every type); insertion-ordered
@@ -70,6 +81,8 @@ class _Subscribers:
         #: Connections resuming a session: messages are held for them, in order,
         #: until their missed messages have been sent (see Hub.join_recovering).
         self.recovering: dict[Connection, tuple[frozenset[str] | None, list[tuple[str | None, str, bytes]]]] = {}
+        #: Messages that reached this channel's local subscribers (``Hub.top_channels``).
+        self.messages = 0
 
     def __len__(self) -> int:
         return len(self.members) + len(self.recovering)
@@ -125,6 +138,10 @@ class Hub:
         #: Told ``(channel, local subscriber count)`` when subscribers leave (presence).
         self.on_count_change = on_count_change or (lambda channel, count: None)
         self.codecs = Codecs()
+        #: flush window → the latest flush scheduled for it (see ``_Pending``).
+        self._pending: dict[float, _Pending] = {}
+        #: Last ISO timestamp parsed and its epoch seconds (messages of a burst share one).
+        self._ts_cache: tuple[str, float] = ("", 0.0)
         broker.set_handler(self.deliver, self.position)
 
     # --- subscriptions -----------------------------------------------------
@@ -214,6 +231,15 @@ class Hub:
     def channels(self) -> dict[str, int]:
         return {name: len(subs) for name, subs in self._channels.items()}
 
+    def top_channels(self, n: int = 10, by: str = "subscribers") -> list[tuple[str, int, int]]:
+        """The ``n`` busiest local channels as ``(channel, subscribers, messages)``, by
+        ``subscribers`` or ``messages`` (delivered here since the channel's first local
+        subscriber; a channel's count restarts when its last subscriber leaves)."""
+        rows = [(name, len(subs), subs.messages) for name, subs in self._channels.items()]
+        key = 2 if by == "messages" else 1
+        rows.sort(key=lambda row: (-row[key], row[0]))
+        return rows[:n]
+
     def position(self, channel: str) -> str | None:
         """History position of the last message delivered on ``channel`` here, if any."""
         subs = self._channels.get(channel)
@@ -232,6 +258,7 @@ class Hub:
         message_id = self.ids.next()
         envelope = native.channel_message(channel, message, self.clock(), message_id)
         self.stats.messages_published += 1
+        self.stats.published_by_type[channel_type(channel)] += 1
         # user notifications without a subscriber anywhere go to the offline queue (broker)
         self.broker.publish(channel, message["type"], envelope)
         return message_id
@@ -250,24 +277,38 @@ class Hub:
         subs = self._channels.get(channel)
         if subs is None:
             return 0
+        stats = self.stats
+        ctype = channel_type(channel)
+        stats.routed_by_type[ctype] += 1
+        subs.messages += 1
         if position is not None:
             subs.position = position
             envelope = with_offset(envelope, position)
         if subs.recovering:
+            held_for = 0
             for types, held in subs.recovering.values():
                 if types is None or message_type in types:
                     held.append((position, message_type, envelope))
+                    held_for += 1
             if not subs.members:
-                return 0
+                return held_for  # they will get it: counts as taken
         core = self.core
         prepared = PreparedMessage(channel, envelope, message_type, core, self.codecs)
         delivered = 0
+        times: tuple[float, float] | None = _UNSET  # (source, publish) time, parsed once
         for group in subs.targets(message_type):
             if group.transports:
                 frame = prepared.frame(group.encoding)
                 written, overflowed = core.fanout(frame, group.transports, self.outbound_limit)
                 delivered += written
-                self.stats.bytes_written += written * len(frame)
+                stats.bytes_written += written * len(frame)
+                if written:  # latency: once per group, after its writes, weighted
+                    now = time.time()
+                    if times is _UNSET:
+                        times = self._times(prepared)
+                    if times is not None:
+                        stats.delivery_latency.observe(now - times[0], written, now)
+                        stats.gateway_latency.observe(now - times[1], written, now)
                 for index in overflowed:
                     self.on_overflow(group.conns[index])
             if group.batchers:
@@ -276,24 +317,100 @@ class Hub:
                 else:
                     item = prepared.frame(group.encoding)
                 woke = core.enqueue(item, group.batchers, prepared.conflation_key())
-                delivered += len(group.batchers)
+                count = len(group.batchers)
+                delivered += count
+                stats.bytes_batched += count * len(item)
+                pending = None
                 if woke:
-                    asyncio.get_running_loop().call_later(group.window, self._flush, woke)
-        self.stats.deliveries += delivered
+                    pending = group.pending = self._pending[group.window] = _Pending(group.window)
+                    asyncio.get_running_loop().call_later(group.window, self._flush, woke, pending)
+                if times is _UNSET:
+                    times = self._times(prepared)
+                if times is not None:
+                    self._observe_later(group, pending, times, count)
+        stats.deliveries += delivered
+        stats.delivered_by_type[ctype] += delivered
         return delivered
 
-    def _flush(self, batchers: list[Any]) -> None:
+    def _observe_later(self, group: _Group, pending: _Pending | None, times: tuple[float, float], count: int) -> None:
+        """Latency of a message queued in ``count`` batchers: observed when it is written.
+
+        Exact when this group's batchers wait for a flush that a message of this group
+        scheduled; otherwise (they were woken by another channel's message) the latest
+        flush scheduled for the same window, which runs no earlier than theirs; failing
+        both, now + window: an upper bound either way.
+        """
+        if pending is None:
+            pending = group.pending
+            if pending is None or pending.done:
+                pending = self._pending.get(group.window)
+        if pending is not None and not pending.done:
+            pending.items.append((times[0], times[1], count))
+            return
+        now = time.time()
+        self.stats.delivery_latency.observe(now + group.window - times[0], count, now)
+        self.stats.gateway_latency.observe(now + group.window - times[1], count, now)
+
+    def _times(self, prepared: PreparedMessage) -> tuple[float, float] | None:
+        """(source, publish) epoch seconds of a message, or None if it carries no time.
+
+        Source: the message's own ``timestamp`` (when the position was observed, the
+        alert raised...), else the envelope's. Publish: the envelope's ``timestamp``,
+        set by ``Hub.publish`` on whichever node the message entered the gateway.
+        """
+        envelope = prepared.parsed()  # parsed once per message, shared with conflation/profiles
+        published = self._epoch(envelope.get("timestamp"))
+        if published is None:
+            return None
+        message = envelope.get("message")
+        source = self._epoch(message.get("timestamp")) if isinstance(message, dict) else None
+        return (published if source is None else source), published
+
+    def _epoch(self, value: Any) -> float | None:
+        """ISO 8601 text (or epoch seconds/milliseconds) → epoch seconds; None if neither."""
+        if isinstance(value, str):
+            cached = self._ts_cache
+            if value == cached[0]:
+                return cached[1]
+            try:
+                seconds = datetime.fromisoformat(value).timestamp()
+            except ValueError:
+                return None
+            self._ts_cache = (value, seconds)
+            return seconds
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return value / 1000.0 if value > 1e11 else float(value)
+        return None
+
+    def _flush(self, batchers: list[Any], pending: _Pending | None = None) -> None:
         """A flush window closed: one write per connection for everything it queued.
 
         Large bursts are flushed in slices of ``FLUSH_SLICE`` connections, each slice a
         separate loop callback, so that publishes and reads interleave with a flush to
-        tens of thousands of sockets instead of waiting for all of it.
+        tens of thousands of sockets instead of waiting for all of it. The latency of
+        the messages it carries (``pending``) is observed after the last slice.
         """
         if len(batchers) > FLUSH_SLICE:
-            asyncio.get_running_loop().call_soon(self._flush, batchers[FLUSH_SLICE:])
+            asyncio.get_running_loop().call_soon(self._flush, batchers[FLUSH_SLICE:], pending)
             batchers = batchers[:FLUSH_SLICE]
+            pending = None
+        stats = self.stats
+        sizes = Counter(map(_queued, batchers))  # one C-level pass, before the queues empty
         writes, overflowed = self.core.flush(batchers, self.clock())
-        self.stats.batch_writes += writes
+        stats.batch_writes += writes
+        histogram = stats.batch_sizes
+        for size, n in sizes.items():
+            if size:
+                histogram.observe(size, n)
+        if pending is not None:
+            pending.done = True
+            if self._pending.get(pending.window) is pending:
+                del self._pending[pending.window]
+            now = time.time()
+            delivery, gateway = stats.delivery_latency, stats.gateway_latency
+            for source, published, count in pending.items:
+                delivery.observe(now - source, count, now)
+                gateway.observe(now - published, count, now)
         for index in overflowed:
             conn = self._batcher_owners.get(batchers[index])
             if conn is not None:
@@ -301,6 +418,20 @@ class Hub:
 
 
 _MISSING = object()
+_UNSET: Any = object()
+_queued = attrgetter("pending")
+
+
+class _Pending:
+    """Messages queued in batchers that one scheduled flush will write:
+    ``(source time, publish time, batchers)`` each, observed when it runs."""
+
+    __slots__ = ("window", "items", "done")
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.items: list[tuple[float, float, int]] = []
+        self.done = False
 
 
 def with_offset(envelope: bytes, position: str) -> bytes:

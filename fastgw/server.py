@@ -35,7 +35,7 @@ from fastgw.profiles import (
     profile_for_connection_type,
 )
 from fastgw.protocol import native
-from fastgw.ratelimit import TokenBucket
+from fastgw.ratelimit import ConnectionLimiter, TokenBucket
 from fastgw.recovery import Recovery
 from fastgw.stats import CloseReason, Stats
 
@@ -84,8 +84,12 @@ class Gateway:
             secret=config.jwt_secret,
             public_key=config.jwt_public_key,
             allow_anonymous=config.anonymous_enabled,
+            issuer=config.jwt_issuer,
+            audience=config.jwt_audience,
         )
         self.connections: set[Connection] = set()
+        self.limiter = ConnectionLimiter(config.connect_rate_per_ip, config.connect_burst_per_ip,
+                                         config.connect_rate, config.connect_burst)
         self.draining = False
         self._upgrading = 0  # upgrades in flight count toward the connection limit
         self._runner: web.AppRunner | None = None
@@ -162,9 +166,15 @@ class Gateway:
         self.kafka = KafkaSource(settings, self.hub.publish, build_processors(), settle=self.broker.flush)
         self._tasks.append(asyncio.create_task(self.kafka.run(), name="fastgw-kafka"))
 
-    async def stop(self) -> None:
-        """Refuse new connections, close open ones with 1001, release the port."""
+    async def stop(self, drain_period: float = 0.0) -> None:
+        """Drain and stop: ``/readyz`` 503 and new upgrades refused at once; every client
+        told to reconnect, spread over ``drain_period`` (``fastgw.drain``), and closed
+        with 1001 (its session saved for resume elsewhere); then the sources stop, what
+        was published reaches the engine, and the port is released."""
         self.draining = True
+        from fastgw.drain import drain
+
+        await drain(self, drain_period)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -186,6 +196,11 @@ class Gateway:
             return self._refuse("draining", "instance is draining")
         if len(self.connections) + self._upgrading >= cfg.max_connections:
             return self._refuse("limit", "connection limit reached")
+        reason, retry_after = self.limiter.admit(request.remote)
+        if reason is not None:  # per source IP: 429; the instance as a whole: 503
+            self.stats.rejected[reason] += 1
+            return _json({"error": "rate_limited", "message": "too many new connections"},
+                         status=429 if reason == "rate_ip" else 503, headers={"Retry-After": str(retry_after)})
         if not security.origin_allowed(request.headers.get("Origin"), cfg.allowed_origins):
             self.stats.rejected["origin"] += 1
             return _json({"error": "forbidden", "message": "origin not allowed"}, status=403)
@@ -392,6 +407,10 @@ class Gateway:
         log.info("slow consumer %s: over %d buffered bytes, closing", conn.session_id, conn.outbound_limit)
         self._close_now(conn, CLOSE_SLOW_CONSUMER, "slow consumer")
 
+    def close_connection(self, conn: Connection, code: int, reason: str) -> None:
+        """Close ``conn`` now with ``code`` (its close reason set by the caller)."""
+        self._close_now(conn, code, reason)
+
     def _close_now(self, conn: Connection, code: int, reason: str) -> None:
         """Queue a close frame behind what is buffered, close, and abort after a grace period.
 
@@ -497,6 +516,9 @@ class Gateway:
             return _json({"status": "draining"}, status=503)
         if len(self.connections) >= self.config.max_connections:
             return _json({"status": "full", "connections": len(self.connections)}, status=503)
+        if len(self.connections) >= self.config.ready_high_water * self.config.max_connections:
+            # still accepting, but the load balancer should send new clients elsewhere
+            return _json({"status": "high_water", "connections": len(self.connections)}, status=503)
         engine = self.engine.status()
         status = "ready" if engine["ok"] else "degraded"
         return _json({"status": status, "connections": len(self.connections), "engine": engine})

@@ -48,7 +48,11 @@ async def make_engine(request):
 class Recorder:
     def __init__(self, engine) -> None:
         self.got: list[tuple[str, str, bytes, str | None]] = []
-        engine.broker.set_handler(lambda *args: self.got.append(args))
+        engine.broker.set_handler(self.deliver)
+
+    def deliver(self, *args) -> int:
+        self.got.append(args)
+        return 1  # taken by one connection
 
     async def wait(self, n: int, timeout: float = 5.0) -> list:
         deadline = time.monotonic() + timeout

@@ -159,6 +159,7 @@ async def test_drained_instance_sessions_resume_on_another(start_gateway, redis_
         ws, sid = await connect(s, a)
         reply = await subscribe(ws, CHANNEL)
         await a.stop()
+        assert (await ws.receive_json(timeout=5))["type"] == "reconnect"
         closing = await ws.receive(timeout=5)
         assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1001
         await publish(b, CHANNEL, alert(1))  # published while the client moves over

@@ -325,7 +325,8 @@ async def test_shutdown_closes_clients_with_1001(start_gateway):
     gw = await start_gateway()
     async with aiohttp.ClientSession() as s, s.ws_connect(url(gw, query=f"?token={token()}")) as ws:
         await ws.receive_json(timeout=5)
-        await gw.stop()
+        await gw.stop()  # no drain period: told to reconnect now, then closed
+        assert await ws.receive_json(timeout=5) == {"type": "reconnect", "retryAfterMs": 0}
         msg = await ws.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
 

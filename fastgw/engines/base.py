@@ -38,11 +38,12 @@ __all__ = [
     "notification_owner",
 ]
 
-#: ``handler(channel, message_type, envelope, position)``: called once per message per
-#: node. ``position`` is the message's place in the channel's history (an opaque string
-#: that orders messages of one channel), or None when the message has none (user
-#: notification channels, or Redis unreachable).
-DeliverHandler = Callable[[str, str, bytes, "str | None"], None]
+#: ``handler(channel, message_type, envelope, position) -> taken``: called once per
+#: message per node. ``position`` is the message's place in the channel's history (an
+#: opaque string that orders messages of one channel), or None when the message has
+#: none (user notification channels, or Redis unreachable). ``taken``: how many local
+#: connections got (or will get) it; 0 for a notification means "queue it again".
+DeliverHandler = Callable[[str, str, bytes, "str | None"], int]
 
 
 def notification_owner(channel: str) -> str | None:

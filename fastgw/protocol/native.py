@@ -33,6 +33,7 @@ __all__ = [
     "queued_message",
     "queue_sync_complete",
     "resumed",
+    "reconnect",
     "channel_message",
 ]
 
@@ -251,6 +252,11 @@ def queue_sync_complete(message_count: int, synced_at: str, up_to: int) -> bytes
     return orjson.dumps(
         {"type": "queue_sync_complete", "message_count": message_count, "synced_at": synced_at, "upTo": up_to}
     )
+
+
+def reconnect(retry_after_ms: int) -> bytes:
+    """The instance is draining: reconnect (to any instance, then ``resume``) after this delay."""
+    return b'{"type":"reconnect","retryAfterMs":%d}' % retry_after_ms
 
 
 def channel_message(channel: str, message: Any, timestamp: str, message_id: str) -> bytes:

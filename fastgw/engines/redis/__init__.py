@@ -89,6 +89,8 @@ class RedisEngine:
             "queued_offline": b.queued_offline,
             "received": b.received,
             "outage_republished": b.buffered,
+            "caught_up": b.caught_up,
+            "requeued": b.requeued,
             "lost": b.lost,
             "outages": self.link.stats.outages,
             "reconnects": self.link.stats.reconnects,

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from fastgw.engines.base import DeliverHandler, notification_owner
 from fastgw.engines.redis.keys import Keys
 from fastgw.engines.redis.link import UNREACHABLE, Link
-from fastgw.engines.redis.scripts import PUBLISH_HISTORY, PUBLISH_OR_QUEUE
+from fastgw.engines.redis.scripts import PUBLISH_HISTORY, PUBLISH_OR_QUEUE, QUEUE
 
 __all__ = ["RedisBroker", "BrokerStats", "decode_payload"]
 
@@ -45,6 +45,7 @@ class BrokerStats:
     received: int = 0  # pub/sub messages handed to the hub
     buffered: int = 0  # published while Redis was down, republished after
     caught_up: int = 0  # delivered from history after this node reconnected
+    requeued: int = 0  # notifications for a connection that had just closed, queued again
     lost: int = 0  # published while Redis was down, beyond the outage buffer
 
 
@@ -97,6 +98,7 @@ class RedisBroker:
         self._publish_cmd = "SPUBLISH" if link.cluster else "PUBLISH"
         self._history_sha = link.register_script(PUBLISH_HISTORY)
         self._queue_sha = link.register_script(PUBLISH_OR_QUEUE)
+        self._requeue_sha = link.register_script(QUEUE)
         self._history_args = (str(history_size), str(int(history_ttl * 1000)),
                               str(int(max(history_ttl, HISTORY_KEY_TTL) * 1000)), node_id)
         self._queue_args = (str(offline_max_messages), str(int(offline_retention * 1000)))
@@ -280,8 +282,15 @@ class RedisBroker:
                 return  # already delivered by the catch-up after a reconnect
             del self._caught_up[channel]
         self.stats.received += 1
-        if self._handler is not None:
-            self._handler(channel, mtype, envelope, position)
+        if self._handler is None:
+            return
+        taken = self._handler(channel, mtype, envelope, position)
+        if not taken and notification_owner(channel) is not None:
+            # The user's connection closed after Redis counted this node as a receiver:
+            # keep it for them, as if nobody had been subscribed.
+            self.stats.requeued += 1
+            self.link.batch.fire("EVALSHA", self._requeue_sha, 2, self.keys.queue(channel),
+                                 self.keys.queue_seq(channel), envelope, *self._queue_args)
 
 
 def _order(position: str) -> tuple[int, int]:

@@ -8,6 +8,10 @@ PUBLISH_OR_QUEUE — a user notification: publish; if no gateway is subscribed
 queue instead (newest ``max`` kept, for ``ttl``). Deciding and storing in one
 atomic step means a notification is never both missed live and not queued.
 
+QUEUE — store a notification in the offline queue without publishing: a node
+that received one for a user whose connection had just closed (the race between
+a disconnect and its UNSUBSCRIBE reaching Redis) puts it back.
+
 ACK — drop queue entries up to a sequence number (and unreadable heads).
 
 TAKE_SESSION — hand a session record to its own user, once; anyone else gets
@@ -23,7 +27,7 @@ unreachable: the origin skips it, the other nodes deliver it.
 
 from __future__ import annotations
 
-__all__ = ["PUBLISH_HISTORY", "PUBLISH_OR_QUEUE", "ACK", "TAKE_SESSION"]
+__all__ = ["PUBLISH_HISTORY", "PUBLISH_OR_QUEUE", "QUEUE", "ACK", "TAKE_SESSION"]
 
 # KEYS[1] history stream
 # ARGV: 1 pubsub channel, 2 PUBLISH|SPUBLISH, 3 "type|origin|flag|", 4 envelope, 5 type, 6 max length,
@@ -59,6 +63,17 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 return -seq
+"""
+
+# KEYS[1] queue list, KEYS[2] queue sequence; ARGV: 1 envelope, 2 max length, 3 ttl ms
+QUEUE = """
+local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+redis.call('RPUSH', KEYS[1], seq .. '|' .. now[1] .. '|' .. ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return seq
 """
 
 # KEYS[1] queue list; ARGV[1] acknowledged sequence; returns entries removed.
