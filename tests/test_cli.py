@@ -133,6 +133,8 @@ async def test_token_command_and_sigterm_closes_with_1001(serve):
         async with s.ws_connect(f"ws://{base}/ws", headers={"Authorization": f"Bearer {admin}"}) as ws:
             await ws.receive_json(timeout=5)
             gw.terminate()
+            told = await ws.receive_json(timeout=5)  # the drain: reconnect advice, then the close
+            assert told["type"] == "reconnect" and told["retryAfterMs"] >= 0
             msg = await ws.receive(timeout=5)
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
     assert gw.stop() == 0
