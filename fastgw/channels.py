@@ -10,6 +10,7 @@ Grammar (docs/protocol.md):
 ``leaderboard:route:{route_id}``      public
 ``user:{user_id}:notifications``      that user only
 ``system:all_updates``                admins only
+``system:stats``                      admins only
 ====================================  ==========================
 """
 
@@ -75,6 +76,7 @@ _RULES: tuple[tuple[re.Pattern[str], str, Access], ...] = (
     (re.compile(rf"leaderboard:route:(?P<id>{_ID})"), "leaderboard", Access.PUBLIC),
     (re.compile(rf"user:(?P<id>{_ID}):notifications"), "user", Access.OWNER),
     (re.compile(r"system:all_updates"), "system", Access.ADMIN),
+    (re.compile(r"system:stats"), "system", Access.ADMIN),  # the dashboard's figures (fastgw.admin)
 )
 
 
