@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from operator import attrgetter
 from types import ModuleType
 from typing import Any, Callable
@@ -140,8 +140,10 @@ class Hub:
         self.codecs = Codecs()
         #: flush window → the latest flush scheduled for it (see ``_Pending``).
         self._pending: dict[float, _Pending] = {}
-        #: Last ISO timestamp parsed and its epoch seconds (messages of a burst share one).
-        self._ts_cache: tuple[str, float] = ("", 0.0)
+        #: (envelope, its (source, publish) times) while ``publish`` hands it to the broker.
+        self._published: tuple[Any, Any] = _NOT_PUBLISHED
+        #: ISO timestamps parsed lately → epoch seconds (a burst of messages shares a few).
+        self._ts_cache: dict[str, float] = {}
         broker.set_handler(self.deliver, self.position)
 
     # --- subscriptions -----------------------------------------------------
@@ -256,11 +258,21 @@ class Hub:
     def publish(self, channel: str, message: dict[str, Any]) -> str:
         """Publish a payload on ``channel`` (validated by the caller). Returns its messageId."""
         message_id = self.ids.next()
-        envelope = native.channel_message(channel, message, self.clock(), message_id)
+        stamp = self.clock()
+        envelope = native.channel_message(channel, message, stamp, message_id)
         self.stats.messages_published += 1
         self.stats.published_by_type[channel_type(channel)] += 1
+        # Latency clocks from the dict in hand: a broker that delivers straight back (the
+        # memory engine) spares deliver() parsing the envelope for them.
+        published = time.time() if self.clock is iso_now else self._epoch(stamp)
+        if published is not None:
+            source = self._epoch(message.get("timestamp"))
+            self._published = (envelope, (published if source is None else source, published))
         # user notifications without a subscriber anywhere go to the offline queue (broker)
-        self.broker.publish(channel, message["type"], envelope)
+        try:
+            self.broker.publish(channel, message["type"], envelope)
+        finally:
+            self._published = _NOT_PUBLISHED
         return message_id
 
     def deliver(self, channel: str, message_type: str, envelope: bytes, position: str | None = None) -> int:
@@ -281,6 +293,9 @@ class Hub:
         ctype = channel_type(channel)
         stats.routed_by_type[ctype] += 1
         subs.messages += 1
+        just_published, times = self._published
+        if envelope is not just_published:
+            times = _UNSET  # (source, publish) time: parsed from the envelope when first needed
         if position is not None:
             subs.position = position
             envelope = with_offset(envelope, position)
@@ -295,7 +310,6 @@ class Hub:
         core = self.core
         prepared = PreparedMessage(channel, envelope, message_type, core, self.codecs)
         delivered = 0
-        times: tuple[float, float] | None = _UNSET  # (source, publish) time, parsed once
         for group in subs.targets(message_type):
             if group.transports:
                 frame = prepared.frame(group.encoding)
@@ -307,8 +321,7 @@ class Hub:
                     if times is _UNSET:
                         times = self._times(prepared)
                     if times is not None:
-                        stats.delivery_latency.observe(now - times[0], written, now)
-                        stats.gateway_latency.observe(now - times[1], written, now)
+                        stats.observe_latency(now, times[0], times[1], written)
                 for index in overflowed:
                     self.on_overflow(group.conns[index])
             if group.batchers:
@@ -348,8 +361,7 @@ class Hub:
             pending.items.append((times[0], times[1], count))
             return
         now = time.time()
-        self.stats.delivery_latency.observe(now + group.window - times[0], count, now)
-        self.stats.gateway_latency.observe(now + group.window - times[1], count, now)
+        self.stats.observe_latency(now + group.window, times[0], times[1], count)
 
     def _times(self, prepared: PreparedMessage) -> tuple[float, float] | None:
         """(source, publish) epoch seconds of a message, or None if it carries no time.
@@ -358,7 +370,12 @@ class Hub:
         alert raised...), else the envelope's. Publish: the envelope's ``timestamp``,
         set by ``Hub.publish`` on whichever node the message entered the gateway.
         """
-        envelope = prepared.parsed()  # parsed once per message, shared with conflation/profiles
+        try:
+            envelope = prepared.parsed()  # parsed once per message, shared with conflation/profiles
+        except ValueError:  # not JSON: delivered as it is, not measured
+            return None
+        if not isinstance(envelope, dict):
+            return None
         published = self._epoch(envelope.get("timestamp"))
         if published is None:
             return None
@@ -369,14 +386,20 @@ class Hub:
     def _epoch(self, value: Any) -> float | None:
         """ISO 8601 text (or epoch seconds/milliseconds) → epoch seconds; None if neither."""
         if isinstance(value, str):
-            cached = self._ts_cache
-            if value == cached[0]:
-                return cached[1]
+            cache = self._ts_cache
+            seconds = cache.get(value)
+            if seconds is not None:
+                return seconds
             try:
-                seconds = datetime.fromisoformat(value).timestamp()
+                moment = datetime.fromisoformat(value)
             except ValueError:
                 return None
-            self._ts_cache = (value, seconds)
+            if moment.tzinfo is None:  # no offset given: UTC, as everything on the wire
+                moment = moment.replace(tzinfo=timezone.utc)
+            seconds = moment.timestamp()
+            if len(cache) >= 256:
+                cache.clear()
+            cache[value] = seconds
             return seconds
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             return value / 1000.0 if value > 1e11 else float(value)
@@ -407,10 +430,9 @@ class Hub:
             if self._pending.get(pending.window) is pending:
                 del self._pending[pending.window]
             now = time.time()
-            delivery, gateway = stats.delivery_latency, stats.gateway_latency
+            observe = stats.observe_latency
             for source, published, count in pending.items:
-                delivery.observe(now - source, count, now)
-                gateway.observe(now - published, count, now)
+                observe(now, source, published, count)
         for index in overflowed:
             conn = self._batcher_owners.get(batchers[index])
             if conn is not None:
@@ -419,6 +441,7 @@ class Hub:
 
 _MISSING = object()
 _UNSET: Any = object()
+_NOT_PUBLISHED: tuple[Any, Any] = (None, None)
 _queued = attrgetter("pending")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from fastgw import admin, influx, metrics, security
+from fastgw import admin, influx, logs, metrics, security
 from fastgw import core as default_core
 from fastgw.auth import AuthError, Authenticator, token_from_request_parts
 from fastgw.channels import Access, Channel, InvalidChannel, Principal, can_subscribe, parse_channel
@@ -208,6 +208,7 @@ class Gateway:
             principal = self.auth.authenticate(token_from_request_parts(request.headers, request.query))
         except AuthError as exc:
             self.stats.rejected["auth"] += 1
+            log.debug("upgrade refused: %s", exc.reason, extra={"reason": "auth", "detail": exc.reason})
             raise _unauthorized(exc.reason) from None
         try:
             profile = get_profile(request.query.get("profile", "full"))
@@ -248,6 +249,8 @@ class Gateway:
         self.engine.presence.connected(conn.session_id, principal.user_id, conn.device)
         self.stats.connections_opened += 1
         self.stats.connections_active = len(self.connections)
+        opened_at = asyncio.get_running_loop().time()
+        logs.connection_opened(log, conn)
         try:
             conn.send(self._welcome(conn))
             await self._read_loop(ws, conn)
@@ -258,6 +261,8 @@ class Gateway:
             self.engine.presence.disconnected(conn.session_id, principal.user_id)
             self.stats.connections_active = len(self.connections)
             self.stats.connections_closed[(conn.close_reason or CloseReason.NORMAL).value] += 1
+            logs.connection_closed(log, conn, (conn.close_reason or CloseReason.NORMAL).value,
+                                   asyncio.get_running_loop().time() - opened_at)
             if session is not None:
                 await self.recovery.save(conn.session_id, session)
         return ws
@@ -404,7 +409,8 @@ class Gateway:
         if conn.close_reason is not None:
             return
         conn.close_reason = CloseReason.SLOW_CONSUMER
-        log.info("slow consumer %s: over %d buffered bytes, closing", conn.session_id, conn.outbound_limit)
+        log.info("slow consumer %s: over %d buffered bytes, closing", conn.session_id, conn.outbound_limit,
+                 extra={**logs.connection_fields(conn), "reason": CloseReason.SLOW_CONSUMER.value})
         self._close_now(conn, CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def close_connection(self, conn: Connection, code: int, reason: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Sequence
@@ -80,17 +80,20 @@ class Histogram:
 class LatencyHistogram(Histogram):
     """A :class:`Histogram` that also keeps the last two minutes in 10-second slots,
     for quantiles over a recent window (:meth:`quantiles`). An observation is one
-    ``bisect`` and a few integer additions; a slot list is allocated once per 10 s."""
+    ``bisect``, a few integer additions and one float comparison (is the current slot
+    over?); a slot list is allocated once per 10 s."""
 
-    __slots__ = ("_slots", "_slot_ids")
+    __slots__ = ("current", "slot_end", "_ring")
 
     SLOT_S = 10.0
-    SLOTS = 13  # 120 s of whole slots plus the current one
+    SLOTS = 12  # closed slots kept: 120 s, plus the current one
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
         super().__init__(bounds)
-        self._slots: list[list[int]] = [[0] * len(self.counts) for _ in range(self.SLOTS)]
-        self._slot_ids = [-1] * self.SLOTS
+        #: Per-bucket counts of the current slot, which ends at ``slot_end`` (epoch s).
+        self.current = [0] * len(self.counts)
+        self.slot_end = 0.0
+        self._ring: deque[tuple[float, list[int]]] = deque(maxlen=self.SLOTS)  # (slot start, counts)
 
     def observe(self, value: float, weight: int = 1, now: float | None = None) -> None:  # type: ignore[override]
         """Record ``weight`` deliveries that took ``value`` seconds (negative: clock skew, 0)."""
@@ -100,23 +103,32 @@ class LatencyHistogram(Histogram):
         self.counts[i] += weight
         self.sum += value * weight
         self.count += weight
-        slot = int((time.time() if now is None else now) / self.SLOT_S)
-        k = slot % self.SLOTS
-        if self._slot_ids[k] != slot:
-            self._slot_ids[k] = slot
-            self._slots[k] = [0] * len(self.counts)
-        self._slots[k][i] += weight
+        if now is None:
+            now = time.time()
+        if now >= self.slot_end:
+            self.rotate(now)
+        self.current[i] += weight
+
+    def rotate(self, now: float) -> None:
+        """Close the current slot and open the one that contains ``now``."""
+        if any(self.current):
+            self._ring.append((self.slot_end - self.SLOT_S, self.current))
+            self.current = [0] * len(self.counts)
+        self.slot_end = (now // self.SLOT_S + 1) * self.SLOT_S
 
     def recent(self, window_s: float = 60.0, now: float | None = None) -> list[int]:
-        """Per-bucket counts of roughly the last ``window_s`` seconds (whole 10 s slots,
-        the current partial one included; at most two minutes)."""
-        current = int((time.time() if now is None else now) / self.SLOT_S)
-        span = min(self.SLOTS - 1, max(0, int(-(-window_s // self.SLOT_S))))
+        """Per-bucket counts of roughly the last ``window_s`` seconds: the 10 s slots that
+        end within it, the current partial one included; at most two minutes."""
+        if now is None:
+            now = time.time()
+        since = now - min(window_s, self.SLOT_S * self.SLOTS)
         total = [0] * len(self.counts)
-        for slot_id, counts in zip(self._slot_ids, self._slots):
-            if current - span <= slot_id <= current:
-                for i, n in enumerate(counts):
-                    total[i] += n
+        slots = [counts for start, counts in self._ring if start + self.SLOT_S > since]
+        if self.slot_end > since:
+            slots.append(self.current)
+        for counts in slots:
+            for i, n in enumerate(counts):
+                total[i] += n
         return total
 
     def quantiles(self, qs: Sequence[float], window_s: float = 60.0,
@@ -191,6 +203,32 @@ class Stats:
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
     #: InfluxDB pushes by result (``ok``, ``error``).
     influx_pushes: Counter[str] = field(default_factory=Counter)
+
+    def observe_latency(self, now: float, source: float, published: float, count: int) -> None:
+        """``count`` deliveries written at ``now`` (epoch seconds) of a message whose
+        source and publish times were ``source`` and ``published``. Both histograms in
+        one call: this runs once per message per subscriber group."""
+        delivery, gateway = self.delivery_latency, self.gateway_latency
+        if now >= delivery.slot_end:
+            delivery.rotate(now)
+        if now >= gateway.slot_end:
+            gateway.rotate(now)
+        value = now - source
+        if value < 0.0:
+            value = 0.0
+        i = bisect_left(LATENCY_BUCKETS, value)
+        delivery.counts[i] += count
+        delivery.current[i] += count
+        delivery.sum += value * count
+        delivery.count += count
+        value = now - published
+        if value < 0.0:
+            value = 0.0
+        i = bisect_left(LATENCY_BUCKETS, value)
+        gateway.counts[i] += count
+        gateway.current[i] += count
+        gateway.sum += value * count
+        gateway.count += count
 
     def latency_quantiles(self, window_s: float = 60.0, *, kind: str = "delivery") -> tuple[float | None, float | None]:
         """(p50, p99) in seconds over roughly the last ``window_s`` seconds (10 s slots,

@@ -11,6 +11,9 @@ records (at least once) and loses none.
 If the broker is down — at start-up or mid-stream — consumers retry with
 exponential backoff and resume from the committed offsets; the gateway keeps
 serving WebSocket clients meanwhile.
+
+Consumer lag (records behind the high watermark, per partition) is refreshed after
+every poll into ``KafkaStats.lag``, a plain dict read by ``fastgw.metrics``.
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ class KafkaStats:
     dead_lettered: int = 0
     commits: int = 0
     reconnects: int = 0
+    #: role → {(topic, partition): records not yet committed}: the partition's high
+    #: watermark minus the consumer's position, plus the records of the batch in hand
+    #: (they count until committed). Refreshed after every poll; a role's entry is
+    #: dropped while its consumer is down (the lag is unknown then, not zero).
+    lag: dict[str, dict[tuple[str, int], int]] = field(default_factory=dict)
+    #: role → True while its consumer is started and polling.
+    up: dict[str, bool] = field(default_factory=dict)
 
 
 class KafkaSource:
@@ -109,15 +119,20 @@ class KafkaSource:
             consumer = self._consumer(role, topic)
             try:
                 await consumer.start()
-                log.info("kafka: consuming %s as group %s.%s", topic, self.settings.group_prefix, role)
+                log.info("kafka: consuming %s as group %s.%s", topic, self.settings.group_prefix, role,
+                         extra={"role": role, "topic": topic})
+                self.stats.up[role] = True
                 backoff = self.settings.backoff_initial
                 await self._consume(role, consumer)
             except asyncio.CancelledError:
                 raise
             except (KafkaError, OSError) as exc:
                 self.stats.reconnects += 1
-                log.warning("kafka: %s consumer: %s; retrying in %.1fs", role, exc, backoff)
+                log.warning("kafka: %s consumer: %s; retrying in %.1fs", role, exc, backoff,
+                            extra={"role": role, "topic": topic})
             finally:
+                self.stats.up[role] = False
+                self.stats.lag.pop(role, None)
                 await _quietly(consumer.stop())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.backoff_max)
@@ -140,6 +155,7 @@ class KafkaSource:
             batches = await consumer.getmany(
                 timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
             )
+            await self._refresh_lag(role, consumer, batches)
             if not batches:
                 continue
             for records in batches.values():
@@ -149,6 +165,25 @@ class KafkaSource:
                 await self.settle()
             await consumer.commit()  # everything above is published or dead-lettered
             self.stats.commits += 1
+
+    async def _refresh_lag(self, role: str, consumer: Any, batches: Mapping[Any, list[Any]]) -> None:
+        """``stats.lag[role]``: per assigned partition, high watermark − position + the
+        records of ``batches`` (fetched, not yet committed). Partitions without a fetch
+        response yet (no known high watermark) are left out."""
+        from aiokafka.errors import IllegalStateError, KafkaError
+
+        lag: dict[tuple[str, int], int] = {}
+        try:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    continue
+                position = await consumer.position(tp)  # known once fetched: no round trip
+                in_hand = len(batches.get(tp, ()))
+                lag[(tp.topic, tp.partition)] = max(0, highwater - position) + in_hand
+        except (IllegalStateError, KafkaError, AssertionError):  # rebalancing: next poll
+            return
+        self.stats.lag[role] = lag
 
     async def _handle(self, role: str, processor: Any, record: Any) -> None:
         from fastgw.processing.pipeline import Rejected
