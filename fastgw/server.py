@@ -43,6 +43,9 @@ __all__ = ["Gateway", "CLOSE_SLOW_CONSUMER"]
 
 log = logging.getLogger("fastgw.server")
 
+#: Seconds a drain waits for the Kafka consumers to commit their last batch.
+KAFKA_STOP_TIMEOUT = 10.0
+
 #: Accepted values of the ``device`` query parameter (anything else counts as unknown).
 DEVICES = frozenset({"android", "ios", "web", "unknown"})
 
@@ -175,6 +178,11 @@ class Gateway:
         from fastgw.drain import drain
 
         await drain(self, drain_period)
+        if self.kafka is not None:  # finish and commit the batch in hand, then stop
+            self.kafka.stop()
+            kafka_task = next((t for t in self._tasks if t.get_name() == "fastgw-kafka"), None)
+            if kafka_task is not None:
+                await asyncio.wait({kafka_task}, timeout=KAFKA_STOP_TIMEOUT)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

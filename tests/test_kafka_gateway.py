@@ -277,3 +277,23 @@ async def test_broker_down_at_start_up_then_back(kafka_bootstrap, kafka_control)
             await ws.close()
     finally:
         await gw.stop()
+
+
+async def test_drain_commits_what_was_consumed_and_stops_the_consumers(kafka_bootstrap):
+    """The graceful stop ends each consumer after its batch in hand is published and
+    committed: the group's committed offset covers every record the gateway handled."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    test_id = f"t{uuid.uuid4().hex[:8]}"
+    gw = await start_gateway(kafka_bootstrap, test_id)
+    await produce(kafka_bootstrap, f"{test_id}.location", [(b"500-D", location_record(i)) for i in range(30)])
+    assert await eventually(lambda: gw.kafka.stats.records["location"] >= 30, timeout=30)
+    await gw.stop(drain_period=1.0)
+    assert not any(gw.kafka.stats.up.values())
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(f"g-{test_id}.location")
+    finally:
+        await admin.close()
+    assert sum(meta.offset for meta in offsets.values()) == 30

@@ -93,6 +93,7 @@ class KafkaSource:
         self.settle = settle
         self._producer: Any = None
         self._producer_lock = asyncio.Lock()
+        self._stopping = False
 
     async def run(self) -> None:
         tasks = [
@@ -108,6 +109,14 @@ class KafkaSource:
             if self._producer is not None:
                 await _quietly(self._producer.stop())
 
+    def stop(self) -> None:
+        """Finish the batch in hand, commit it, and return from :meth:`run` (graceful drain).
+
+        Each consumer ends after its current batch is published, settled and committed
+        (or after an empty poll, ``poll_timeout_ms``); cancel the task for a hard stop.
+        """
+        self._stopping = True
+
     # --- one role ------------------------------------------------------------------
 
     async def _run_role(self, role: str, topic: str) -> None:
@@ -115,7 +124,7 @@ class KafkaSource:
         from aiokafka.errors import KafkaError
 
         backoff = self.settings.backoff_initial
-        while True:
+        while not self._stopping:
             consumer = self._consumer(role, topic)
             try:
                 await consumer.start()
@@ -124,6 +133,9 @@ class KafkaSource:
                 self.stats.up[role] = True
                 backoff = self.settings.backoff_initial
                 await self._consume(role, consumer)
+                if self._stopping:
+                    log.info("kafka: %s consumer stopped after its last commit", role, extra={"role": role})
+                    return
             except asyncio.CancelledError:
                 raise
             except (KafkaError, OSError) as exc:
@@ -151,7 +163,7 @@ class KafkaSource:
 
     async def _consume(self, role: str, consumer: Any) -> None:
         processor = self.processors[role]
-        while True:
+        while not self._stopping:
             batches = await consumer.getmany(
                 timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch
             )
