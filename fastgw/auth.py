@@ -1,22 +1,63 @@
 """JWT verification (HS256 shared secret or RS256 public key) and token minting.
 
-Only the configured algorithm is accepted, so ``alg: none`` and algorithm
-confusion (an HS256 token signed with the RS256 public key) are rejected.
-Tokens must carry ``sub`` and ``exp``; ``admin: true`` marks admin tokens.
+The algorithm is pinned by the configuration: a gateway with a secret accepts
+HS256 only, one with a public key RS256 only. So ``alg: none`` and algorithm
+confusion (an HS256 token "signed" with the RS256 public key as its secret, or an
+RS256 token shown to an HS256 gateway) are rejected.
+
+Claims:
+
+* ``sub`` (the user id, channel grammar) and ``exp`` are required; ``admin: true``
+  marks admin tokens.
+* ``exp``: a number; refused once more than :data:`LEEWAY_SECONDS` (30 s) in the
+  past, which forgives a phone that reconnects with a token that just expired.
+* ``nbf``: optional; a number; refused while more than :data:`NBF_LEEWAY_SECONDS`
+  (5 s) in the future. The issuing backends and the gateways keep NTP time, so a
+  few seconds cover their skew; a token deliberately made valid later stays refused.
+* ``iat``: optional; a number, refused more than 30 s in the future (PyJWT's rule).
+* ``iss`` / ``aud``: required and compared exactly when the gateway is configured
+  with ``--jwt-issuer`` / ``--jwt-audience`` (``aud`` may be a list containing it).
+  A token that carries an ``aud`` is refused by a gateway without
+  ``--jwt-audience`` (RFC 7519 4.1.3: a recipient that does not identify itself
+  with the audience must reject the token).
+
+Every failure is an :class:`AuthError` (HTTP 401 before the upgrade); nothing
+else escapes :meth:`Authenticator.authenticate`, whatever the token holds.
+Problems with the configuration (a PEM key given as the HS256 secret, a private
+key or a short RSA key given as the public key) are a :class:`ValueError` when
+the :class:`Authenticator` is made, not a 401 on every connection.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import jwt
+from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
 
 from fastgw.channels import ANONYMOUS, Principal, is_valid_user_id
 
-__all__ = ["AuthError", "Authenticator", "mint_token", "token_from_request_parts"]
+__all__ = [
+    "AuthError",
+    "Authenticator",
+    "mint_token",
+    "token_from_request_parts",
+    "LEEWAY_SECONDS",
+    "NBF_LEEWAY_SECONDS",
+]
 
+log = logging.getLogger("fastgw.auth")
+
+#: Clock leeway for ``exp`` (and PyJWT's future-``iat`` check), seconds.
 LEEWAY_SECONDS = 30
+#: Clock leeway for ``nbf``, seconds.
+NBF_LEEWAY_SECONDS = 5
+#: Smallest RSA modulus accepted for RS256 (NIST SP 800-57).
+MIN_RSA_BITS = 2048
+#: Shortest HS256 secret that does not log a warning (RFC 7518 3.2: at least the hash size).
+MIN_SECRET_BYTES = 32
 
 
 class AuthError(Exception):
@@ -36,12 +77,32 @@ class Authenticator:
         secret: str | None = None,
         public_key: str | None = None,
         allow_anonymous: bool = False,
+        issuer: str | None = None,
+        audience: str | None = None,
     ) -> None:
         if secret and public_key:
             raise ValueError("give either a secret (HS256) or a public key (RS256)")
-        self._key: str | None = secret or public_key
+        self._key: Any = None
         self._algorithm = "HS256" if secret else "RS256"
+        if secret:
+            self._key = _hmac_key(secret)
+        elif public_key:
+            self._key = _rsa_public_key(public_key)
         self.allow_anonymous = allow_anonymous
+        self.issuer = issuer or None
+        self.audience = audience or None
+        require = ["sub", "exp"]
+        if self.issuer is not None:
+            require.append("iss")
+        if self.audience is not None:
+            require.append("aud")
+        # nbf is checked here with its own (smaller) leeway; PyJWT checks exp and iat.
+        self._options: dict[str, Any] = {"require": require, "verify_nbf": False}
+
+    @property
+    def algorithm(self) -> str | None:
+        """The one accepted algorithm (None: no key, tokens are refused)."""
+        return self._algorithm if self._key is not None else None
 
     def authenticate(self, token: str | None) -> Principal:
         """Verify ``token``; with no token, anonymous if allowed. Raises :class:`AuthError`."""
@@ -56,17 +117,68 @@ class Authenticator:
                 token,
                 self._key,
                 algorithms=[self._algorithm],
-                options={"require": ["sub", "exp"]},
+                options=self._options,
                 leeway=LEEWAY_SECONDS,
+                issuer=self.issuer,
+                audience=self.audience,
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("invalid token: wrong issuer") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("invalid token: wrong audience") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"invalid token: {exc}") from None
+        except Exception as exc:  # whatever a crafted token provokes in the library: still a 401
+            log.debug("token verification failed unexpectedly: %r", exc)
+            raise AuthError("invalid token") from None
+        if not isinstance(claims, dict):
+            raise AuthError("invalid token: claims must be an object")
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_number(claims[name]):
+                raise AuthError(f"invalid token: {name} must be a number")
+        nbf = claims.get("nbf")
+        if nbf is not None and nbf > time.time() + NBF_LEEWAY_SECONDS:
+            raise AuthError("token not yet valid")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not is_valid_user_id(sub):
             raise AuthError("invalid token: bad sub")
         return Principal(user_id=sub, admin=claims.get("admin") is True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _hmac_key(secret: str) -> bytes:
+    try:
+        key = HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(secret)
+    except jwt.InvalidKeyError as exc:
+        raise ValueError(f"--jwt-secret is not usable as an HS256 secret: {exc} "
+                         "(an RS256 public key goes in --jwt-public-key)") from None
+    if len(key) < MIN_SECRET_BYTES:
+        log.warning("--jwt-secret is %d bytes; HS256 wants at least %d random bytes", len(key), MIN_SECRET_BYTES)
+    return key
+
+
+def _rsa_public_key(pem: str) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+    try:
+        key = RSAAlgorithm(RSAAlgorithm.SHA256).prepare_key(pem)
+    except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"--jwt-public-key is not an RSA public key in PEM: {exc}") from None
+    if isinstance(key, RSAPrivateKey):
+        raise ValueError("--jwt-public-key holds a private key: give the public key "
+                         "(`openssl pkey -in KEY -pubout`); the gateway never needs the private one")
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("--jwt-public-key is not an RSA public key")
+    if key.key_size < MIN_RSA_BITS:
+        raise ValueError(f"--jwt-public-key is a {key.key_size}-bit RSA key; at least {MIN_RSA_BITS} bits are required")
+    return key  # parsed once, not per token
 
 
 def mint_token(
@@ -77,14 +189,21 @@ def mint_token(
     admin: bool = False,
     ttl: int = 3600,
     now: float | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
 ) -> str:
-    """Sign a token for ``sub`` (HS256 with ``secret`` or RS256 with ``private_key``)."""
+    """Sign a token for ``sub`` (HS256 with ``secret`` or RS256 with ``private_key``),
+    with ``iss``/``aud`` when given."""
     if not is_valid_user_id(sub):
         raise ValueError(f"invalid user id {sub!r}")
     if bool(secret) == bool(private_key):
         raise ValueError("give exactly one of secret and private_key")
     issued = int(now if now is not None else time.time())
     claims: dict[str, object] = {"sub": sub, "iat": issued, "exp": issued + int(ttl)}
+    if issuer:
+        claims["iss"] = issuer
+    if audience:
+        claims["aud"] = audience
     if admin:
         claims["admin"] = True
     if secret:
