@@ -142,6 +142,7 @@ def serve(
             jwt_issuer=jwt_issuer, jwt_audience=jwt_audience, log_format=log_format,
             influx_url=influx_url, influx_token=influx_token, influx_interval=influx_interval,
         )
+        _check_startup(config)  # bad TLS files, origins or keys: a usage error, not a traceback
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     from fastgw.logs import configure as configure_logging
@@ -156,6 +157,17 @@ def serve(
 
     raise_open_files_limit(config.max_connections)
     _run(config)
+
+
+def _check_startup(config: Config) -> None:
+    """Everything ``serve`` can check before it starts; raises ``ValueError``."""
+    from fastgw.auth import Authenticator
+    from fastgw.security import check_allowed_origins, ssl_context
+
+    ssl_context(config.tls_cert, config.tls_key)
+    check_allowed_origins(config.allowed_origins)
+    Authenticator(secret=config.jwt_secret, public_key=config.jwt_public_key,
+                  allow_anonymous=config.anonymous_enabled, issuer=config.jwt_issuer, audience=config.jwt_audience)
 
 
 def _parse_topics(pairs: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

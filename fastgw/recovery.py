@@ -103,10 +103,16 @@ class Recovery:
             self.resumes["unknown"] += 1
             conn.send(native.resumed(cmd.id, conn.session_id, False, []))
             return
-        channels = [
-            (name, types) for name, types in record.subscriptions.items()
-            if _allowed(name, conn) and (name in conn.subscriptions or len(conn.subscriptions) < self.max_subscriptions)
-        ]
+        room = self.max_subscriptions - len(conn.subscriptions)
+        channels = []
+        for name, types in record.subscriptions.items():
+            if not _allowed(name, conn):
+                continue
+            if name not in conn.subscriptions:
+                if room <= 0:
+                    continue  # over --max-subscriptions: left out, so not recovered
+                room -= 1
+            channels.append((name, types))
         # Join first (live messages are held), then read the history: no gap, no reordering.
         for name, types in channels:
             self.hub.subscribe_recovering(conn, name, types)

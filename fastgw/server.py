@@ -123,6 +123,7 @@ class Gateway:
     async def start(self) -> int:
         """Bind, listen with the configured backlog, start the simulator. Returns the port."""
         cfg = self.config
+        tls = security.ssl_context(cfg.tls_cert, cfg.tls_key)  # bad files fail before anything starts
         sock = _listening_socket(cfg.host, cfg.port, reuse_port=cfg.reuse_port)
         self.port = sock.getsockname()[1]
         try:  # the engine first: the instance registers with its port before clients arrive
@@ -132,8 +133,7 @@ class Gateway:
             raise
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, backlog=cfg.backlog,
-                            ssl_context=security.ssl_context(cfg.tls_cert, cfg.tls_key))
+        site = web.SockSite(self._runner, sock, backlog=cfg.backlog, ssl_context=tls)
         await site.start()
         self._tasks.append(asyncio.create_task(admin.stats_stream(self), name="fastgw-stats-stream"))
         if cfg.influx_url:

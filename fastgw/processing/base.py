@@ -105,6 +105,8 @@ def decode_json_record(decoder: Any, value: bytes, max_record_bytes: int) -> Any
         raise Rejected("schema", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise Rejected("malformed_json", str(exc)) from None
+    except RecursionError:  # msgspec gives up past ~1,000 levels of nesting, even in skipped fields
+        raise Rejected("malformed_json", "nested too deeply") from None
 
 
 def record_time_ms(

@@ -127,6 +127,8 @@ class LocationProcessor:
         if first in _JSON_START:
             try:
                 records = [LOCATION_DECODER.decode(value)]
+            except RecursionError:
+                raise Rejected("malformed_json", "nested too deeply") from None
             except msgspec.DecodeError as exc:  # ValidationError is a subclass
                 reason = "schema" if isinstance(exc, msgspec.ValidationError) else "malformed_json"
                 if value[0] != 0x0A:

@@ -23,6 +23,8 @@ import heapq
 import time
 from typing import Any, Callable
 
+import orjson
+
 from fastgw.transit.gtfs import Feed, load_feed
 
 from .base import Output, Rejected, decode_json_record, record_time_ms
@@ -92,6 +94,10 @@ class NotificationProcessor:
             "data": note.data,
             "timestamp": iso_ms(ms),
         }
+        try:  # it must survive the envelope's encoder (64-bit integers, bounded nesting)
+            orjson.dumps(note.data)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise Rejected("schema", f"data cannot be sent: {exc}") from None
         return [Output(f"user:{user_id}:notifications", message)]
 
 

@@ -211,7 +211,12 @@ class KafkaSource:
             await self._dead_letter(record, "internal_error", repr(exc))
             return
         for output in outputs:
-            self.publish(output.channel, output.message)
+            try:
+                self.publish(output.channel, output.message)
+            except Exception as exc:  # an output the gateway cannot encode: dead-letter, keep going
+                log.exception("kafka: %s output for %s could not be published", role, output.channel)
+                await self._dead_letter(record, "internal_error", repr(exc))
+                return
         self.stats.published[role] += len(outputs)
 
     # --- dead letters ---------------------------------------------------------------
