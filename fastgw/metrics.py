@@ -178,6 +178,12 @@ class GatewayCollector(Collector):
         for reason in sorted(set(BASE_REJECTED) | set(stats.rejected)):
             rejected.add_metric([reason], stats.rejected.get(reason, 0))
         yield rejected
+        limited = CounterMetricFamily("fastgw_requests_limited_total",
+                                      "Client requests refused by a limit, by limit (requests, subscriptions).",
+                                      labels=["limit"])
+        for limit in sorted({"requests", "subscriptions"} | set(stats.limited)):
+            limited.add_metric([limit], stats.limited.get(limit, 0))
+        yield limited
         yield GaugeMetricFamily("fastgw_outbound_buffered_bytes",
                                 "Bytes waiting in the connections' send buffers (user space), in all.",
                                 value=buffered)

@@ -314,6 +314,7 @@ class Gateway:
                 await self._handle_command(conn, text)
                 continue
             strikes += 1
+            self.stats.limited["requests"] += 1
             conn.send(native.error(None, "rate_limited", f"more than {cfg.client_rate:g} requests/s"))
             if strikes >= cfg.client_strikes:
                 conn.close_reason = CloseReason.FLOOD
@@ -380,6 +381,7 @@ class Gateway:
             return native.error(cmd.id, "forbidden", f"not allowed to subscribe to {channel.name}"), None
         limit = self.config.max_subscriptions
         if channel.name not in conn.subscriptions and len(conn.subscriptions) >= limit:
+            self.stats.limited["subscriptions"] += 1
             return native.error(cmd.id, "limit", f"at most {limit} subscriptions per connection"), None
         name = channel.name
         local = self.hub.subscriber_count(name) + (name not in conn.subscriptions)

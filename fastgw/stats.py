@@ -176,6 +176,9 @@ class Stats:
     #: Upgrades refused, by reason (``auth``, ``limit``, ``draining``, ``origin``,
     #: ``rate_ip``, ...): whatever keys the server uses are exported as they are.
     rejected: Counter[str] = field(default_factory=Counter)
+    #: Requests of open connections refused by a limit (``requests``: over the client
+    #: message rate; ``subscriptions``: over --max-subscriptions).
+    limited: Counter[str] = field(default_factory=Counter)
     #: Messages published through this node (``Hub.publish``), in all and by channel type.
     messages_published: int = 0
     published_by_type: Counter[str] = field(default_factory=Counter)

@@ -135,6 +135,7 @@ async def test_subscription_limit_and_filters(start_gateway):
             assert (await subscribe(ws, f"route:{i}:UP"))["type"] == "subscribed"
         assert (await subscribe(ws, "route:0:UP"))["type"] == "subscribed"  # re-subscribe is not a new one
         assert (await subscribe(ws, "route:9:UP"))["code"] == "limit"
+        assert gw.stats.limited["subscriptions"] == 1  # exported as fastgw_requests_limited_total
         await ws.send_json({"type": "unsubscribe", "id": "u", "channel": "route:2:UP"})
         await ws.receive_json(timeout=5)
         reply = await subscribe(ws, "alerts:all", filters={"types": ["service_alert"]})
@@ -284,6 +285,7 @@ async def test_flood_gets_errors_then_close_1008(start_gateway):
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
         assert kinds[:5] == ["pong"] * 5 and kinds[5:] == ["rate_limited"] * 3
     assert await eventually(lambda: gw.stats.connections_closed["flood"] == 1)
+    assert gw.stats.limited["requests"] == 3
 
 
 async def test_heartbeat_timeout_closes_silent_client(start_gateway):
