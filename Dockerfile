@@ -11,7 +11,9 @@ COPY requirements/ requirements/
 COPY fastgw/ fastgw/
 RUN PIP_CONSTRAINT=requirements/constraints.txt pip wheel --no-cache-dir --wheel-dir /wheels . \
  && python -c "import zipfile, glob; w = glob.glob('/wheels/fastgw-*.whl')[0]; \
-assert any(n.startswith('fastgw/_core') and n.endswith('.so') for n in zipfile.ZipFile(w).namelist()), 'hot path not compiled'"
+names = zipfile.ZipFile(w).namelist(); \
+assert any(n.startswith('fastgw/_core') and n.endswith('.so') for n in names), 'hot path not compiled'; \
+assert 'fastgw/engines/redis/__init__.py' in names and 'fastgw/admin/static/index.html' in names, 'package data missing'"
 
 FROM python:3.11-slim-bookworm AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
