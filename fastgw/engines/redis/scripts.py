@@ -48,6 +48,17 @@ redis.call(ARGV[2], ARGV[1], ARGV[3] .. id .. '|' .. ARGV[4])
 return id
 """
 
+# Appends one entry to a user's offline queue (KEYS[1] list, KEYS[2] sequence), keeps the
+# newest, refreshes both TTLs; leaves the sequence number in ``seq``.
+_STORE = """
+local seq = redis.call('INCR', KEYS[2])
+local now = redis.call('TIME')
+redis.call('RPUSH', KEYS[1], seq .. '|' .. now[1] .. '|' .. {envelope})
+redis.call('LTRIM', KEYS[1], -tonumber({max_length}), -1)
+redis.call('PEXPIRE', KEYS[1], {ttl})
+redis.call('PEXPIRE', KEYS[2], {ttl})
+"""
+
 # KEYS[1] queue list, KEYS[2] queue sequence
 # ARGV: 1 pubsub channel, 2 PUBLISH|SPUBLISH, 3 "type|origin|flag|", 4 envelope, 5 max length, 6 ttl ms
 # returns the number of receiving gateways, or -seq when the message was queued
@@ -56,25 +67,10 @@ local receivers = redis.call(ARGV[2], ARGV[1], ARGV[3] .. '|' .. ARGV[4])
 if receivers > 0 then
   return receivers
 end
-local seq = redis.call('INCR', KEYS[2])
-local now = redis.call('TIME')
-redis.call('RPUSH', KEYS[1], seq .. '|' .. now[1] .. '|' .. ARGV[4])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[5]), -1)
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-return -seq
-"""
+""" + _STORE.format(envelope="ARGV[4]", max_length="ARGV[5]", ttl="ARGV[6]") + "return -seq\n"
 
 # KEYS[1] queue list, KEYS[2] queue sequence; ARGV: 1 envelope, 2 max length, 3 ttl ms
-QUEUE = """
-local seq = redis.call('INCR', KEYS[2])
-local now = redis.call('TIME')
-redis.call('RPUSH', KEYS[1], seq .. '|' .. now[1] .. '|' .. ARGV[1])
-redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return seq
-"""
+QUEUE = _STORE.format(envelope="ARGV[1]", max_length="ARGV[2]", ttl="ARGV[3]") + "return seq\n"
 
 # KEYS[1] queue list; ARGV[1] acknowledged sequence; returns entries removed.
 # An entry is readable exactly when the gateway's reader accepts it
