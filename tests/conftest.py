@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 import uvloop
@@ -77,3 +77,23 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> boo
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def wait_until(check: Callable[[], Any], what: str, timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Call ``check()`` (awaiting what it returns if that is awaitable) until the result is
+    truthy, and return it; fail with ``what`` after ``timeout``."""
+    import asyncio
+    import inspect
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g}s: {what} (last: {last!r})")
+        await asyncio.sleep(interval)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import itertools
 import os
 import signal
@@ -37,7 +36,7 @@ import redis
 import redis.cluster
 
 from fastgw.engines.redis.keys import Keys
-from tests.conftest import SECRET, token
+from tests.conftest import SECRET, token, wait_until
 
 KEYS = Keys("fastgw")
 START_TIMEOUT = 30.0  # one gateway process: import, bind, connect to Redis
@@ -74,19 +73,7 @@ def free_port() -> int:
 
 async def eventually(check: Callable[[], Any], what: str, timeout: float = POLL_TIMEOUT,
                      interval: float = 0.05) -> Any:
-    """Call ``check()`` (awaiting what it returns if that is awaitable) until the result is
-    truthy, and return it; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what} (last: {last!r})")
-        await asyncio.sleep(interval)
+    return await wait_until(check, what, timeout, interval)
 
 
 # --- gateway processes ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fastgw.config import Config
 from fastgw.workers import Supervisor, describe_exit, serve_argv
-from tests.conftest import SECRET
+from tests.conftest import SECRET, wait_until
 
 CHANNEL = "route:335E:UP"
 LISTENING = "fastgw listening on"
@@ -50,14 +50,7 @@ def alive(pid: int) -> bool:
 
 
 async def until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+    return await wait_until(predicate, what, timeout, interval)
 
 
 class Workers:
