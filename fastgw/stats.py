@@ -211,27 +211,8 @@ class Stats:
         """``count`` deliveries written at ``now`` (epoch seconds) of a message whose
         source and publish times were ``source`` and ``published``. Both histograms in
         one call: this runs once per message per subscriber group."""
-        delivery, gateway = self.delivery_latency, self.gateway_latency
-        if now >= delivery.slot_end:
-            delivery.rotate(now)
-        if now >= gateway.slot_end:
-            gateway.rotate(now)
-        value = now - source
-        if value < 0.0:
-            value = 0.0
-        i = bisect_left(LATENCY_BUCKETS, value)
-        delivery.counts[i] += count
-        delivery.current[i] += count
-        delivery.sum += value * count
-        delivery.count += count
-        value = now - published
-        if value < 0.0:
-            value = 0.0
-        i = bisect_left(LATENCY_BUCKETS, value)
-        gateway.counts[i] += count
-        gateway.current[i] += count
-        gateway.sum += value * count
-        gateway.count += count
+        self.delivery_latency.observe(now - source, count, now)
+        self.gateway_latency.observe(now - published, count, now)
 
     def latency_quantiles(self, window_s: float = 60.0, *, kind: str = "delivery") -> tuple[float | None, float | None]:
         """(p50, p99) in seconds over roughly the last ``window_s`` seconds (10 s slots,
