@@ -108,6 +108,16 @@ def main() -> None:
               help="Push the metrics in InfluxDB line protocol to this write URL.")
 @click.option("--influx-token", envvar="FASTGW_INFLUX_TOKEN", default=None)
 @click.option("--influx-interval", envvar="FASTGW_INFLUX_INTERVAL", default=10.0, show_default=True, type=float)
+@click.option("--socketio-ping-interval", envvar="FASTGW_SOCKETIO_PING_INTERVAL", default=25.0, show_default=True,
+              type=float, help="Socket.IO: seconds between the server's Engine.IO pings.")
+@click.option("--socketio-ping-timeout", envvar="FASTGW_SOCKETIO_PING_TIMEOUT", default=20.0, show_default=True,
+              type=float, help="Socket.IO: seconds a client has to answer a ping before it is closed.")
+@click.option("--socketio-max-payload", envvar="FASTGW_SOCKETIO_MAX_PAYLOAD", default=1_000_000,
+              show_default=True, type=int, help="Socket.IO: largest message or polling request body, bytes.")
+@click.option("--socketio-connect-timeout", envvar="FASTGW_SOCKETIO_CONNECT_TIMEOUT", default=45.0,
+              show_default=True, type=float, help="Socket.IO: seconds a new session has to send its CONNECT.")
+@click.option("--socketio-recovery/--no-socketio-recovery", envvar="FASTGW_SOCKETIO_RECOVERY", default=True,
+              show_default=True, help="Socket.IO connection state recovery (pid/offset → session resume).")
 @click.option("--log-level", envvar="FASTGW_LOG_LEVEL", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(
@@ -120,7 +130,9 @@ def serve(
     history_ttl: float, connect_rate_per_ip: float, connect_burst_per_ip: int, connect_rate: float,
     connect_burst: int, ready_high_water: float, drain_period: float, tls_cert: str | None, tls_key: str | None,
     allowed_origins: str, jwt_issuer: str | None, jwt_audience: str | None, log_format: str,
-    influx_url: str | None, influx_token: str | None, influx_interval: float, log_level: str,
+    influx_url: str | None, influx_token: str | None, influx_interval: float, socketio_ping_interval: float,
+    socketio_ping_timeout: float, socketio_max_payload: int, socketio_connect_timeout: float,
+    socketio_recovery: bool, log_level: str,
 ) -> None:
     """Run the gateway (single node, in-memory broker, built-in simulator by default)."""
     try:
@@ -141,6 +153,9 @@ def serve(
             allowed_origins=tuple(o.strip() for o in allowed_origins.split(",") if o.strip()),
             jwt_issuer=jwt_issuer, jwt_audience=jwt_audience, log_format=log_format,
             influx_url=influx_url, influx_token=influx_token, influx_interval=influx_interval,
+            socketio_ping_interval=socketio_ping_interval, socketio_ping_timeout=socketio_ping_timeout,
+            socketio_max_payload=socketio_max_payload, socketio_connect_timeout=socketio_connect_timeout,
+            socketio_recovery=socketio_recovery,
         )
         _check_startup(config)  # bad TLS files, origins or keys: a usage error, not a traceback
     except ValueError as exc:
@@ -243,6 +258,22 @@ def simulate(kafka: str, buses: int, rate: float, fmt: str, duration: float, top
     produced = asyncio.run(produce_reports(
         kafka, topic=topic, buses=buses, rate=rate, fmt=fmt, duration=duration, seed=seed))  # type: ignore[arg-type]
     click.echo(f"produced {produced} location reports to {topic}")
+
+
+@main.command("socketio-conformance")
+@click.option("--host", default="localhost", show_default=True,
+              help="Interface; localhost listens on 127.0.0.1 and ::1.")
+@click.option("--port", default=3000, show_default=True, type=int)
+def socketio_conformance(host: str, port: int) -> None:
+    """Serve the reference server of the official Engine.IO v4 / Socket.IO v5 protocol
+    test suites (echo at /engine.io/, namespaces / and /custom at /socket.io/)."""
+    import uvloop
+
+    from fastgw.socketio.conformance import serve
+
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(host, port))
 
 
 @main.command()

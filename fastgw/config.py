@@ -119,6 +119,14 @@ class Config:
     influx_url: str | None = None
     influx_token: str | None = None
     influx_interval: float = 10.0
+    #: Socket.IO (``/socket.io/``): Engine.IO heartbeat (the server pings every
+    #: interval; no pong within the timeout closes), largest message or polling body,
+    #: seconds a new session has to join a namespace, connection state recovery.
+    socketio_ping_interval: float = 25.0
+    socketio_ping_timeout: float = 20.0
+    socketio_max_payload: int = 1_000_000
+    socketio_connect_timeout: float = 45.0
+    socketio_recovery: bool = True
 
     def __post_init__(self) -> None:
         if self.jwt_secret and self.jwt_public_key:
@@ -139,6 +147,10 @@ class Config:
             raise ValueError("ready_high_water must be in (0, 1]")
         if self.log_format not in ("text", "json"):
             raise ValueError("log_format is text or json")
+        if self.socketio_ping_interval <= 0 or self.socketio_ping_timeout <= 0:
+            raise ValueError("the Socket.IO ping interval and timeout must be positive")
+        if self.socketio_max_payload < 1024:
+            raise ValueError("socketio_max_payload must be at least 1024 bytes")
         if self.offline_max_messages < 1 or self.history_size < 1:
             raise ValueError("offline_max_messages and history_size must be at least 1")
 

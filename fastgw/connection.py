@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 from fastgw.channels import Principal
+from fastgw.prepare import control_frame
 from fastgw.profiles import FULL, Encoding
 from fastgw.stats import CloseReason
 
@@ -35,6 +36,7 @@ class Connection:
         "device",
         "_core",
         "_on_overflow",
+        "closer",
     )
 
     def __init__(
@@ -65,6 +67,9 @@ class Connection:
         self.window = 0.0
         #: Queue of a connection with a flush window (``core.Batcher``), else None.
         self.batcher: Any = None
+        #: Closes the connection instead of a WebSocket close frame (Socket.IO: its
+        #: Engine.IO session); called with (code, reason). None: native WebSocket.
+        self.closer: Callable[[int, str], None] | None = None
         self.set_encoding(encoding, window)
 
     def set_encoding(self, encoding: Encoding, window: float) -> None:
@@ -77,8 +82,9 @@ class Connection:
             self.batcher = None
 
     def send(self, payload: bytes) -> bool:
-        """Frame ``payload`` as one text frame and write it, under the outbound limit."""
-        return self.send_frame(self._core.build_frame(payload))
+        """Write a native server message (JSON) as this connection's protocol carries
+        it (a text frame, or a Socket.IO event), under the outbound limit."""
+        return self.send_frame(control_frame(self._core, self.encoding, payload))
 
     def send_frame(self, frame: bytes) -> bool:
         """Write one ready WebSocket frame, under the outbound limit."""

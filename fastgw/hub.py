@@ -213,13 +213,17 @@ class Hub:
             conn.batcher.take("")  # a flush already scheduled then finds nothing to write
             self._batcher_owners.pop(conn.batcher, None)
 
-    def change_encoding(self, conn: Connection, encoding: Encoding, window: float) -> None:
-        """Switch a connection's profile/compression: flush what it queued, regroup it."""
+    def change_encoding(self, conn: Connection, encoding: Encoding, window: float, transport: Any = None) -> None:
+        """Switch a connection's profile/compression (and, for a Socket.IO upgrade from
+        long-polling to WebSocket, its transport): flush what it queued to the old
+        transport, regroup it."""
         if conn.batcher is not None:
             pending = conn.batcher.take(self.clock())
             if pending is not None and conn.transport is not None:
                 conn.transport.write(pending)
             self._batcher_owners.pop(conn.batcher, None)
+        if transport is not None:
+            conn.transport = transport
         conn.set_encoding(encoding, window)
         if conn.batcher is not None and conn.subscriptions:
             self._batcher_owners[conn.batcher] = conn
@@ -308,7 +312,7 @@ class Hub:
             if not subs.members:
                 return held_for  # they will get it: counts as taken
         core = self.core
-        prepared = PreparedMessage(channel, envelope, message_type, core, self.codecs)
+        prepared = PreparedMessage(channel, envelope, message_type, core, self.codecs, position)
         delivered = 0
         for group in subs.targets(message_type):
             if group.transports:

@@ -14,6 +14,7 @@ from enum import Enum
 
 __all__ = [
     "Compression",
+    "Wire",
     "Profile",
     "Encoding",
     "PROFILES",
@@ -33,6 +34,15 @@ class Compression(str, Enum):
     NONE = "none"
     ZSTD = "zstd"  # binary frames, packaged dictionary (subprotocol fastgw.v1.zstd)
     DEFLATE = "deflate"  # permessage-deflate, each message compressed on its own
+
+
+class Wire(str, Enum):
+    """How a message is carried to the client: the protocol's packet, in a WebSocket
+    frame or buffered for the next HTTP long-polling response."""
+
+    NATIVE = "native"  # the envelope JSON, one WebSocket frame
+    SOCKETIO = "socketio"  # 42["channel_message",envelope,offset], one WebSocket frame
+    SOCKETIO_POLLING = "socketio-polling"  # the same packet + "\x1e", for the next GET
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +102,14 @@ class Encoding:
 
     profile: Profile
     compression: Compression = Compression.NONE
+    wire: Wire = Wire.NATIVE
 
     @property
     def batch_items_are_json(self) -> bool:
-        """Slow JSON connections batch encoded envelopes (for ``batched_messages``);
-        all others batch complete frames."""
-        return self.profile.batch_envelope and self.compression is Compression.NONE
+        """Slow native JSON connections batch encoded envelopes (for ``batched_messages``);
+        all others batch complete frames (Socket.IO: packets, written back to back)."""
+        return (self.profile.batch_envelope and self.compression is Compression.NONE
+                and self.wire is Wire.NATIVE)
 
 
 FULL = Encoding(PROFILES["full"])

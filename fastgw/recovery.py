@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fastgw.channels import InvalidChannel, can_subscribe, parse_channel
 from fastgw.engines.base import SessionRecord, notification_owner
@@ -92,16 +92,33 @@ class Recovery:
         except Exception as exc:  # Redis down: the session cannot be resumed, said at resume time
             log.warning("session %s not saved: %s", session_id, exc)
 
-    async def resume(self, conn: "Connection", cmd: native.Resume) -> None:
+    async def resume(self, conn: "Connection", cmd: native.Resume,
+                     reply: "Callable[[bytes], Any] | None" = None) -> None:
         """Restore ``cmd.session_id``'s subscriptions and send what it missed, in order."""
+        record = await self.take(cmd.session_id, conn.principal.user_id)
+        await self.restore(conn, record, cmd.offsets, cmd.id, reply)
+
+    async def take(self, session_id: str, user_id: str | None) -> SessionRecord | None:
+        """The saved session ``session_id`` if it belongs to ``user_id`` (then it is
+        gone from the store: a session resumes once), else None."""
         try:
-            record = await self.engine.sessions.take(cmd.session_id, conn.principal.user_id)
+            record = await self.engine.sessions.take(session_id, user_id)
         except Exception as exc:
-            log.warning("session %s unavailable: %s", cmd.session_id, exc)
-            record = None
-        if record is None or record.user_id != conn.principal.user_id:
+            log.warning("session %s unavailable: %s", session_id, exc)
+            return None
+        if record is None or record.user_id != user_id:
+            return None
+        return record
+
+    async def restore(self, conn: "Connection", record: SessionRecord | None, offsets: dict[str, str],
+                      request_id: str | None = None, reply: "Callable[[bytes], Any] | None" = None) -> None:
+        """Subscribe ``conn`` to ``record``'s channels and send ``resumed`` (through
+        ``reply``, default ``conn.send``), then the messages missed since ``offsets``
+        (channel → last offset received; else the positions saved at disconnect)."""
+        reply = reply or conn.send
+        if record is None:
             self.resumes["unknown"] += 1
-            conn.send(native.resumed(cmd.id, conn.session_id, False, []))
+            reply(native.resumed(request_id, conn.session_id, False, []))
             return
         room = self.max_subscriptions - len(conn.subscriptions)
         channels = []
@@ -120,7 +137,7 @@ class Recovery:
             await self.engine.broker.ready(name)
         results = []
         for name, types in channels:
-            start = cmd.offsets.get(name) or record.positions.get(name)
+            start = offsets.get(name) or record.positions.get(name)
             if notification_owner(name) is not None:
                 results.append((name, types, [], True))  # covered by the offline queue
             elif start is None:
@@ -139,7 +156,7 @@ class Recovery:
         summary = [{"channel": n, "recovered": ok, "missed": len(m)} for n, _, m, ok in results]
         recovered = all(ok for _, _, _, ok in results) and len(channels) == len(record.subscriptions)
         self.resumes["recovered" if recovered else "partial"] += 1
-        conn.send(native.resumed(cmd.id, conn.session_id, recovered, summary))
+        reply(native.resumed(request_id, conn.session_id, recovered, summary))
         for name, _, missed, _ in results:
             self.go_live(conn, name, missed)
             self.engine.presence.count_changed(name, self.hub.subscriber_count(name))
@@ -160,8 +177,8 @@ class Recovery:
         if conn.window > 0:  # batching profiles: only the newest of each conflatable item
             frames = _conflate(frames, channel, self.hub)
         core, codecs = self.hub.core, self.hub.codecs
-        for _, mtype, env in frames:
-            frame = PreparedMessage(channel, env, mtype, core, codecs).frame(conn.encoding)
+        for pos, mtype, env in frames:
+            frame = PreparedMessage(channel, env, mtype, core, codecs, pos).frame(conn.encoding)
             conn.send_frame(frame)
 
 

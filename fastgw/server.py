@@ -11,7 +11,7 @@ import logging
 import secrets
 import socket
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -98,12 +98,34 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.kafka: Any = None  # KafkaSource when --kafka is set
+        #: Background coroutines that must finish before the engine closes (session saves).
+        self._background: set[asyncio.Task[Any]] = set()
+        self.socketio = self._build_socketio()
         self.app = self._build_app()
 
     # --- lifecycle ---------------------------------------------------------
 
+    def _build_socketio(self) -> Any:
+        from fastgw.socketio.engine import EngineOptions
+        from fastgw.socketio.gateway import GatewayNamespace
+        from fastgw.socketio.server import SocketIOServer
+
+        cfg = self.config
+        options = EngineOptions(
+            path="/socket.io/", ping_interval=cfg.socketio_ping_interval, ping_timeout=cfg.socketio_ping_timeout,
+            max_payload=cfg.socketio_max_payload, allowed_origins=cfg.allowed_origins,
+        )
+        return SocketIOServer([GatewayNamespace(self)], options, self.core,
+                              connect_timeout=cfg.socketio_connect_timeout, admit=self._admit)
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background; ``stop`` waits for it before the engine closes."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=max(1024 * 1024, self.config.socketio_max_payload + 1024))
         app.add_routes(
             [
                 web.get("/ws", self._handle_ws),
@@ -116,6 +138,7 @@ class Gateway:
                 web.get("/api/presence/{user_id}", self._handle_presence),
             ]
         )
+        self.socketio.add_routes(app)  # /socket.io/: Socket.IO v5 clients on the same hub
         metrics.add_routes(app, self)
         admin.add_routes(app, self)
         return app
@@ -191,14 +214,19 @@ class Gateway:
             if conn.close_reason is None:
                 conn.close_reason = CloseReason.SHUTDOWN
             self._close_now(conn, CLOSE_GOING_AWAY, "server shutting down")
+        self.socketio.close_all()  # Engine.IO sessions that never joined a namespace
         if self._runner is not None:
             await self._runner.cleanup()  # handlers finish: sessions saved for resume elsewhere
             self._runner = None
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=KAFKA_STOP_TIMEOUT)
         await self.engine.close()
 
     # --- WebSocket ---------------------------------------------------------
 
-    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+    def _admit(self, request: web.Request) -> web.Response | None:
+        """None if a new client may connect now, else the refusal: draining or full
+        (503), too many new connections (per source IP 429, instance 503), origin (403)."""
         cfg = self.config
         if self.draining:
             return self._refuse("draining", "instance is draining")
@@ -212,6 +240,13 @@ class Gateway:
         if not security.origin_allowed(request.headers.get("Origin"), cfg.allowed_origins):
             self.stats.rejected["origin"] += 1
             return _json({"error": "forbidden", "message": "origin not allowed"}, status=403)
+        return None
+
+    async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        cfg = self.config
+        refusal = self._admit(request)
+        if refusal is not None:
+            return refusal
         try:
             principal = self.auth.authenticate(token_from_request_parts(request.headers, request.query))
         except AuthError as exc:
@@ -253,27 +288,37 @@ class Gateway:
             window=cfg.window_for(profile.name),
             device=device if device in DEVICES else "unknown",
         )
-        self.connections.add(conn)
-        self.engine.presence.connected(conn.session_id, principal.user_id, conn.device)
-        self.stats.connections_opened += 1
-        self.stats.connections_active = len(self.connections)
-        opened_at = asyncio.get_running_loop().time()
-        logs.connection_opened(log, conn)
+        opened_at = self.register(conn)
         try:
             conn.send(self._welcome(conn))
             await self._read_loop(ws, conn)
         finally:
-            session = self._closing_snapshots.pop(conn, None) or self.recovery.snapshot(conn)
-            self.hub.remove(conn)
-            self.connections.discard(conn)
-            self.engine.presence.disconnected(conn.session_id, principal.user_id)
-            self.stats.connections_active = len(self.connections)
-            self.stats.connections_closed[(conn.close_reason or CloseReason.NORMAL).value] += 1
-            logs.connection_closed(log, conn, (conn.close_reason or CloseReason.NORMAL).value,
-                                   asyncio.get_running_loop().time() - opened_at)
+            session = self.unregister(conn, opened_at)
             if session is not None:
                 await self.recovery.save(conn.session_id, session)
         return ws
+
+    def register(self, conn: Connection) -> float:
+        """Count a new connection in (presence, stats, logs); returns its opening time."""
+        self.connections.add(conn)
+        self.engine.presence.connected(conn.session_id, conn.principal.user_id, conn.device)
+        self.stats.connections_opened += 1
+        self.stats.connections_active = len(self.connections)
+        logs.connection_opened(log, conn)
+        return asyncio.get_running_loop().time()
+
+    def unregister(self, conn: Connection, opened_at: float) -> Any:
+        """Count a closed connection out: unsubscribed everywhere, presence, stats, logs.
+        Returns its session record (to save for a resume elsewhere), or None."""
+        session = self._closing_snapshots.pop(conn, None) or self.recovery.snapshot(conn)
+        self.hub.remove(conn)
+        self.connections.discard(conn)
+        self.engine.presence.disconnected(conn.session_id, conn.principal.user_id)
+        self.stats.connections_active = len(self.connections)
+        reason = (conn.close_reason or CloseReason.NORMAL).value
+        self.stats.connections_closed[reason] += 1
+        logs.connection_closed(log, conn, reason, asyncio.get_running_loop().time() - opened_at)
+        return session
 
     def _welcome(self, conn: Connection) -> bytes:
         compression: dict[str, Any] | None = None
@@ -345,9 +390,15 @@ class Gateway:
         except native.ProtocolError as exc:
             conn.send(native.error(exc.request_id, exc.code, exc.message))
             return
+        await self.run_command(conn, cmd, conn.send)
+
+    async def run_command(self, conn: Connection, cmd: native.Command, reply: Callable[[bytes], Any]) -> None:
+        """Carry out one parsed request of ``conn``; ``reply`` sends the answer (native:
+        a frame of its own; Socket.IO: the event's ack). Whatever follows the answer
+        (held live messages, the offline queue) is sent after it."""
         if isinstance(cmd, native.Subscribe):
-            reply, channel = await self._subscribe(conn, cmd)
-            conn.send(reply)
+            answer, channel = await self._subscribe(conn, cmd)
+            reply(answer)
             if channel is not None:
                 self.recovery.go_live(conn, channel.name)  # what arrived while joining
             if channel is not None and channel.access is Access.OWNER:
@@ -355,14 +406,14 @@ class Gateway:
         elif isinstance(cmd, native.Ack):
             await self.recovery.ack(conn, cmd.up_to)
         elif isinstance(cmd, native.Resume):
-            await self.recovery.resume(conn, cmd)
+            await self.recovery.resume(conn, cmd, reply)
         elif isinstance(cmd, native.Unsubscribe):
             self.hub.unsubscribe(conn, cmd.channel)
-            conn.send(native.unsubscribed(cmd.id, cmd.channel))
+            reply(native.unsubscribed(cmd.id, cmd.channel))
         elif isinstance(cmd, native.Hello):
-            conn.send(self._hello(conn, cmd))
+            reply(self._hello(conn, cmd))
         else:
-            conn.send(native.pong(cmd.id, iso_now()))
+            reply(native.pong(cmd.id, iso_now()))
 
     async def _subscribe(self, conn: Connection, cmd: native.Subscribe) -> tuple[bytes, Channel | None]:
         """The reply to a subscribe request, and the channel if the subscription was made.
@@ -440,6 +491,9 @@ class Gateway:
         if snapshot is not None:
             self._closing_snapshots[conn] = snapshot  # saved when its handler ends
         self.hub.remove(conn)  # nothing more is written to it, queued batches dropped
+        if conn.closer is not None:  # Socket.IO: its Engine.IO session closes
+            conn.closer(code, reason)
+            return
         transport.write(self.core.build_close_frame(code, reason))
         transport.close()
         asyncio.get_running_loop().call_later(self.config.slow_close_grace, transport.abort)

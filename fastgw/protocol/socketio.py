@@ -47,6 +47,7 @@ __all__ = [
     "connect_reply",
     "connect_error",
     "encode_event_once",
+    "native_as_event",
 ]
 
 PROTOCOL_VERSION = 5
@@ -370,15 +371,26 @@ def connect_error(namespace: str, message: str, data: Any = None) -> Packet:
     return Packet(PacketType.CONNECT_ERROR, namespace, payload)
 
 
-def encode_event_once(name: str, payload_json: bytes, namespace: str = "/") -> bytes:
+def encode_event_once(name: str, payload_json: bytes, namespace: str = "/", offset: str | None = None) -> bytes:
     """Engine.IO-framed ``42[<name>,<payload>]`` from already-encoded JSON, by concatenation.
 
     For frame-once fan-out: the same bytes as ``frame(event(namespace, name,
     orjson.loads(payload_json)))[0].encode()`` without re-encoding the payload.
-    ``payload_json`` must be one compact JSON value (it is not checked).
+    ``payload_json`` must be one compact JSON value (it is not checked). ``offset``,
+    when given, is appended as a last string argument: connection state recovery's
+    offset, which clients send back on reconnect.
     """
     if not isinstance(name, str) or name in RESERVED_EVENTS:
         raise SocketIOError(f"{name!r} is not a valid event name")
     _check_namespace(namespace)
     head = b"42[" if namespace == "/" else b"42" + namespace.encode("utf-8") + b",["
-    return b"".join((head, _dumps(name), b",", payload_json, b"]"))
+    tail = b"]" if offset is None else b"," + _dumps(offset) + b"]"
+    return b"".join((head, _dumps(name), b",", payload_json, tail))
+
+
+def native_as_event(payload_json: bytes, namespace: str = "/") -> bytes:
+    """A native-protocol server message (a JSON object with a ``type``) as the
+    Engine.IO-framed Socket.IO event of that name: ``{"type":"resumed",…}`` →
+    ``42["resumed",{"type":"resumed",…}]``. For replies and notices, not fan-out."""
+    kind = orjson.loads(payload_json).get("type")
+    return encode_event_once(kind, payload_json, namespace)
