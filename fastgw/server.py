@@ -230,7 +230,7 @@ class Gateway:
         cfg = self.config
         if self.draining:
             return self._refuse("draining", "instance is draining")
-        if len(self.connections) + self._upgrading >= cfg.max_connections:
+        if len(self.connections) + self._upgrading + len(self.socketio.unjoined) >= cfg.max_connections:
             return self._refuse("limit", "connection limit reached")
         reason, retry_after = self.limiter.admit(request.remote)
         if reason is not None:  # per source IP: 429; the instance as a whole: 503

@@ -312,6 +312,18 @@ async def test_connection_limit_applies_to_socketio_sessions(start_gateway):
             assert (await resp.json())["error"] == "limit" and client.connect_reply
 
 
+async def test_sessions_that_have_not_joined_yet_count_toward_the_limit(start_gateway):
+    gw = await start_gateway(max_connections=2)
+    async with aiohttp.ClientSession() as http:
+        first = await RawPolling.open(http, gw.port)
+        second = await RawWS.open(http, gw.port)
+        async with http.get(base(gw.port) + "&transport=polling") as resp:
+            assert resp.status == 503
+        await second.ws.close()
+        assert await eventually(lambda: len(gw.socketio.unjoined) == 1)
+        assert first.sid in gw.socketio.sessions
+
+
 async def test_request_flood_closes_the_connection(start_gateway):
     gw = await start_gateway(client_rate=1.0, client_burst=2, client_strikes=3)
     async with aiohttp.ClientSession() as http:
@@ -460,6 +472,6 @@ async def test_thousands_of_aborted_sessions_leave_nothing_behind(start_gateway)
             await asyncio.gather(*(aborted_websocket(i) for i in range(start, start + 200)))
         assert await eventually(lambda: not gw.socketio.sessions, timeout=10)
     assert not gw.connections and gw.hub.subscriber_count(CHANNEL) == 0
-    assert not gw.socketio.engine._waiting_gets
+    assert not gw.socketio.engine._waiting_gets and not gw.socketio.unjoined
     gc.collect()
     assert sum(isinstance(o, Session) for o in gc.get_objects()) <= before

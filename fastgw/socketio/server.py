@@ -121,6 +121,8 @@ class SocketIOServer:
         self.connect_timeout = connect_timeout
         self.max_attachments = max_attachments
         self._admit = admit
+        #: Sessions that have not joined a namespace yet (they count toward limits).
+        self.unjoined: set[Session] = set()
         self.engine = EngineServer(self, options, core)
 
     @property
@@ -154,6 +156,7 @@ class SocketIOServer:
 
     def on_open(self, session: Session) -> None:
         state = session.app_state = _SessionState(self.max_attachments)
+        self.unjoined.add(session)
         loop = asyncio.get_running_loop()
         state.connect_timer = loop.call_later(self.connect_timeout, self._connect_timed_out, session)
 
@@ -179,6 +182,7 @@ class SocketIOServer:
 
     def on_close(self, session: Session, reason: str) -> None:
         state: _SessionState | None = session.app_state
+        self.unjoined.discard(session)
         if state is None:
             return
         if state.connect_timer is not None:
@@ -233,6 +237,7 @@ class SocketIOServer:
             state.connect_timer.cancel()
             state.connect_timer = None
         state.sockets[namespace.name] = socket
+        self.unjoined.discard(session)
         self._send(session, socketio.connect_reply(namespace.name, socket.sid, pid))
         await namespace.on_connected(socket, auth)
 
