@@ -203,7 +203,7 @@ def _run(config: Config) -> None:
     import os
 
     from fastgw.server import Gateway
-    from fastgw.workers import WORKER_INDEX_ENV, run_workers, serve_argv
+    from fastgw.workers import WORKER_COUNT_ENV, WORKER_GROUP_ENV, WORKER_INDEX_ENV, run_workers, serve_argv
 
     if config.workers > 1:  # this process supervises; the workers serve
         sys.exit(run_workers(config, serve_argv(click.get_current_context())))
@@ -212,8 +212,11 @@ def _run(config: Config) -> None:
         if not index.isdigit():
             raise click.UsageError(f"{WORKER_INDEX_ENV}={index!r}: expected a worker index 0, 1, ...")
         # only worker 0 runs the simulator: N simulators would publish every bus N times
+        count = os.environ.get(WORKER_COUNT_ENV, "1")
         config = dataclasses.replace(config, reuse_port=True, worker_index=int(index),
-                                     simulator=config.simulator and int(index) == 0)
+                                     simulator=config.simulator and int(index) == 0,
+                                     worker_group=os.environ.get(WORKER_GROUP_ENV),
+                                     worker_count=int(count) if count.isdigit() else 1)
         logging.getLogger("fastgw").info("worker %s (pid %d, node %s)", index, os.getpid(), config.node_id)
 
     async def serve_until_signalled() -> None:

@@ -83,6 +83,10 @@ class Config:
     #: Set in worker processes of ``--workers N``: bind with SO_REUSEPORT; index 0..N-1.
     reuse_port: bool = False
     worker_index: int | None = None
+    #: Set in worker processes too: the supervisor's group name and the number of workers
+    #: (Socket.IO long-polling connections are handed to the worker owning the session).
+    worker_group: str | None = None
+    worker_count: int = 1
     #: Offline queue per user: newest messages kept, and for how long (seconds).
     offline_max_messages: int = 100
     offline_retention: float = 24 * 3600.0

@@ -158,6 +158,7 @@ class Gateway:
         await self._runner.setup()
         site = web.SockSite(self._runner, sock, backlog=cfg.backlog, ssl_context=tls)
         await site.start()
+        await self._start_handoff()
         self._tasks.append(asyncio.create_task(admin.stats_stream(self), name="fastgw-stats-stream"))
         if cfg.influx_url:
             self._tasks.append(asyncio.create_task(influx.push_forever(self), name="fastgw-influx"))
@@ -171,6 +172,31 @@ class Gateway:
             cfg.anonymous_enabled, cfg.simulator,
         )
         return self.port
+
+    async def _start_handoff(self) -> None:
+        """``--workers``: Socket.IO long-polling requests that reach the wrong worker are
+        handed, connection and all, to the worker that owns the session."""
+        cfg = self.config
+        if cfg.worker_group is None or cfg.worker_index is None or cfg.worker_count < 2 or cfg.tls_cert:
+            return
+        from fastgw.socketio.handoff import Handoff, sid_prefix
+
+        handoff = Handoff(cfg.worker_group, cfg.worker_index, cfg.worker_count)
+        await handoff.start(self._accept_handed_over)
+        self.socketio.engine.handoff = handoff
+        self.socketio.engine.sid_prefix = sid_prefix(cfg.worker_index)
+
+    def _accept_handed_over(self, sock: socket.socket, request: bytes) -> None:
+        """Serve a connection another worker accepted, starting with its request."""
+
+        async def serve() -> None:
+            assert self._runner is not None and self._runner.server is not None
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            _, protocol = await loop.connect_accepted_socket(self._runner.server, sock)
+            protocol.data_received(request)
+
+        self.spawn(serve())
 
     def _start_simulator(self) -> None:
         from fastgw.sources.simulator import Simulator
@@ -210,6 +236,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.socketio.engine.handoff is not None:
+            await self.socketio.engine.handoff.close()
         for conn in list(self.connections):
             if conn.close_reason is None:
                 conn.close_reason = CloseReason.SHUTDOWN
@@ -544,6 +572,7 @@ class Gateway:
         snapshot["node"] = self.config.node_id
         snapshot["engine"] = self.engine.status()
         snapshot["recovery"] = {"offline_replayed": self.recovery.replayed, "resumes": self.recovery.resumes}
+        snapshot["socketio"] = self.socketio.status()
         return _json(snapshot)
 
     async def _handle_instances(self, request: web.Request) -> web.Response:

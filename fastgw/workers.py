@@ -33,6 +33,9 @@ log = logging.getLogger("fastgw.workers")
 
 #: Environment variable telling a ``serve`` process it is worker ``i`` of a supervisor.
 WORKER_INDEX_ENV = "FASTGW_WORKER_INDEX"
+#: The workers' group (supervisor pid and port) and their number, for the Socket.IO handoff.
+WORKER_GROUP_ENV = "FASTGW_WORKER_GROUP"
+WORKER_COUNT_ENV = "FASTGW_WORKER_COUNT"
 
 #: Exit codes of a worker that count as a clean stop once the supervisor asked it to stop
 #: (a worker still starting up when the signal came has no handler yet and dies of it).
@@ -141,7 +144,8 @@ class Supervisor:
         return [sys.executable, "-m", "fastgw", "serve", *self.argv, "--port", str(port), "--workers", "1"]
 
     def environment(self, index: int, port: int) -> dict[str, str]:
-        return {**os.environ, "FASTGW_WORKERS": "1", "FASTGW_PORT": str(port), WORKER_INDEX_ENV: str(index)}
+        return {**os.environ, "FASTGW_WORKERS": "1", "FASTGW_PORT": str(port), WORKER_INDEX_ENV: str(index),
+                WORKER_GROUP_ENV: f"{os.getpid()}.{port}", WORKER_COUNT_ENV: str(self.config.workers)}
 
     # --- lifecycle ---------------------------------------------------------
 

@@ -283,6 +283,10 @@ class EngineServer:
         self.options = options
         self.core = core
         self.sessions: dict[str, Session] = {}
+        #: ``--workers``: this worker's session-id prefix, and the handing over of
+        #: connections whose session another worker owns (``socketio.handoff``).
+        self.sid_prefix = ""
+        self.handoff: Any = None
         self._waiting_gets: set[Session] = set()
         self._abort_check: asyncio.TimerHandle | None = None
 
@@ -307,6 +311,10 @@ class EngineServer:
         if not self._origin_allowed(request):
             return self._error(request, 403, 4, "Forbidden")
         sid = query.get("sid")
+        if sid is not None and sid not in self.sessions and self.handoff is not None \
+                and self.handoff.owns(sid) is False:
+            if await self.handoff.hand_over(request, int(sid[:2], 16)):
+                return _HandedOver()
         if transport == "websocket":
             if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
                 return self._error(request, 400, 3, "Bad request")
@@ -327,7 +335,7 @@ class EngineServer:
         return self._error(request, 400, 2, "Bad request method")
 
     def _new_session(self, request: web.Request) -> Session:
-        sid = secrets.token_urlsafe(15)  # 20 characters, like the reference server's
+        sid = self.sid_prefix + secrets.token_urlsafe(15)[len(self.sid_prefix):]  # 20 characters
         session = Session(self, sid, request)
         self.sessions[sid] = session
         return session
@@ -547,6 +555,17 @@ class EngineServer:
     def _error(self, request: web.Request, status: int, code: int, message: str) -> web.Response:
         """The reference server's error body: ``{"code":…,"message":…}``."""
         return web.json_response({"code": code, "message": message}, status=status, headers=self._cors(request))
+
+
+class _HandedOver(web.StreamResponse):
+    """The answer to a request whose connection went to another worker: nothing is
+    written here (the connection is no longer this process's)."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:  # type: ignore[override]
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 def _alive(request: web.Request | None) -> bool:

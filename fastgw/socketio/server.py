@@ -132,6 +132,18 @@ class SocketIOServer:
     def add_routes(self, app: web.Application) -> None:
         self.engine.add_routes(app)
 
+    def status(self) -> dict[str, Any]:
+        """For ``/api/stats``: Engine.IO sessions by transport, those not joined yet, and
+        (``--workers``) connections handed to / received from other workers."""
+        engine = self.engine
+        polling = sum(1 for s in engine.sessions.values() if s.transport == "polling")
+        status: dict[str, Any] = {"sessions": len(engine.sessions), "polling": polling,
+                                  "websocket": len(engine.sessions) - polling, "unjoined": len(self.unjoined)}
+        if engine.handoff is not None:
+            status["handed_over"] = engine.handoff.handed
+            status["received"] = engine.handoff.received
+        return status
+
     def close_all(self, reason: str = "server shutting down", code: int = 1001) -> None:
         self.engine.close_all(reason, code)
 
