@@ -160,6 +160,22 @@ async def test_polling_client_gets_buffered_messages_in_one_response(gateway):
         assert [json.loads(p[2:])[1]["message"]["alert_id"] for p in packets] == ["a0", "a1", "a2"]
 
 
+async def test_a_polling_response_holds_at_most_16_packets(gateway):
+    """python-engineio's client drops a connection whose payload has more (max_decode_packets)."""
+    async with aiohttp.ClientSession() as http:
+        client = await RawPolling.open(http, gateway.port)
+        await client.post('40{"token":"%s"}' % token("rider1"))
+        await client.packets()
+        await client.post('421["subscribe",{"channel":"route:500-D:UP"}]')
+        await client.packets()
+        for i in range(40):
+            gateway.hub.publish(CHANNEL, alert(i))
+        batches = [await client.packets() for _ in range(3)]
+        assert [len(b) for b in batches] == [16, 16, 8]
+        ids = [json.loads(p[2:])[1]["message"]["alert_id"] for b in batches for p in b]
+        assert ids == [f"a{i}" for i in range(40)]
+
+
 async def test_upgrade_under_traffic_loses_and_reorders_nothing(gateway):
     async with aiohttp.ClientSession() as http:
         poll = await RawPolling.open(http, gateway.port)

@@ -47,6 +47,9 @@ log = logging.getLogger("fastgw.socketio.engine")
 
 #: How often pending long-polling GETs are checked for a client that went away.
 ABORT_CHECK_INTERVAL = 0.2
+#: Packets per long-polling response at most: python-engineio's client refuses a
+#: payload of more (``Payload.max_decode_packets``, 16) and drops the connection.
+MAX_POLL_PACKETS = 16
 #: Seconds a closed WebSocket gets to take its close frame before it is aborted.
 CLOSE_GRACE = 1.0
 
@@ -121,14 +124,22 @@ class PollingSink:
     def is_closing(self) -> bool:
         return self.closed
 
-    def take(self) -> bytes | None:
-        """Everything buffered, as one payload (separators between packets), or None."""
+    def take(self, max_packets: int = 0) -> bytes | None:
+        """What one GET returns: the oldest ``max_packets`` packets buffered (0: all), as
+        one payload with separators between packets; None if nothing is buffered."""
         if not self._chunks:
             return None
         data = b"".join(self._chunks)
         self._chunks.clear()
-        self._size = 0
-        return data[:-1]  # the last packet's separator
+        end = len(data)
+        if max_packets and data.count(POLLING_SEPARATOR) > max_packets:
+            end = -1
+            for _ in range(max_packets):
+                end = data.index(POLLING_SEPARATOR, end + 1)
+            end += 1
+            self._chunks.append(data[end:])  # the rest waits for the next GET
+        self._size = len(data) - end
+        return data[: end - 1]  # without the last packet's separator
 
 
 class Session:
@@ -268,7 +279,7 @@ class Session:
     def _final_payload(self) -> bytes:
         """What a GET pending at close time gets: what was still buffered, then the
         close packet (or the noop that ends a client-requested close)."""
-        pending = self.sink.take()
+        pending = self.sink.take(MAX_POLL_PACKETS - 1)
         return self._final if pending is None else pending + b"\x1e" + self._final
 
     def __repr__(self) -> str:
@@ -412,7 +423,7 @@ class EngineServer:
             return self._error(request, 400, 3, "Bad request")
         if session._probing:
             return web.Response(text="6", content_type=_TEXT_PLAIN, charset="UTF-8", headers=headers)
-        body = session.sink.take()
+        body = session.sink.take(MAX_POLL_PACKETS)
         if body is None:
             session._get = asyncio.get_running_loop().create_future()
             session._get_request = request
@@ -429,7 +440,7 @@ class EngineServer:
             elif session._probing:
                 body = b"6"
             else:
-                body = session.sink.take() or b"6"
+                body = session.sink.take(MAX_POLL_PACKETS) or b"6"
         return web.Response(body=body, content_type=_TEXT_PLAIN, charset="UTF-8", headers=headers)
 
     def _watch_gets(self) -> None:
