@@ -439,6 +439,15 @@ async def test_second_concurrent_get_is_400_and_closes(gateway):
         assert (await client.get())[0] == 400
 
 
+async def test_client_close_between_gets_ends_the_next_get_with_a_noop(gateway):
+    async with aiohttp.ClientSession() as http:
+        client = await RawPolling.open(http, gateway.port)
+        assert await client.post("1") == (200, "ok")
+        assert not gateway.socketio.sessions
+        assert await client.get() == (200, "6")  # as the reference server: a racing GET ends cleanly
+        assert (await client.get())[0] == 400
+
+
 async def test_ping_timeout_closes_the_connection(start_gateway):
     gw = await start_gateway(socketio_ping_interval=0.1, socketio_ping_timeout=0.1)
     async with aiohttp.ClientSession() as http:

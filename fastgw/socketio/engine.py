@@ -50,6 +50,8 @@ ABORT_CHECK_INTERVAL = 0.2
 #: Packets per long-polling response at most: python-engineio's client refuses a
 #: payload of more (``Payload.max_decode_packets``, 16) and drops the connection.
 MAX_POLL_PACKETS = 16
+#: Seconds a polling session closed by its client still answers one GET with a noop.
+CLIENT_CLOSE_GRACE = 2.0
 #: Seconds a closed WebSocket gets to take its close frame before it is aborted.
 CLOSE_GRACE = 1.0
 
@@ -265,6 +267,8 @@ class Session:
             self.sink.closed = True
             if self._get is not None and not self._get.done():
                 self._get.set_result(None)
+            elif self._final == b"6":  # the client closed between two GETs: its next one ends with a noop
+                server.remember_client_close(self.sid)
         else:
             transport = self.sink
             if not transport.is_closing():
@@ -300,6 +304,8 @@ class EngineServer:
         self.handoff: Any = None
         self._waiting_gets: set[Session] = set()
         self._abort_check: asyncio.TimerHandle | None = None
+        #: Long-polling sessions the client closed while no GET was waiting: sid → expiry.
+        self._client_closed: dict[str, asyncio.TimerHandle] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", self.options.path, self.handle)
@@ -307,6 +313,16 @@ class EngineServer:
     def close_all(self, reason: str = "server shutting down", code: int = CLOSE_GOING_AWAY) -> None:
         for session in list(self.sessions.values()):
             session.close(reason, code)
+        for handle in self._client_closed.values():
+            handle.cancel()
+        self._client_closed.clear()
+
+    def remember_client_close(self, sid: str) -> None:
+        """A client closed its polling session (``1`` in a POST) with no GET waiting: as
+        the reference server does, its next GET (within ``CLIENT_CLOSE_GRACE``) gets a
+        noop instead of 400, so a GET racing the close still ends cleanly."""
+        loop = asyncio.get_running_loop()
+        self._client_closed[sid] = loop.call_later(CLIENT_CLOSE_GRACE, self._client_closed.pop, sid, None)
 
     # --- requests ------------------------------------------------------------------
 
@@ -338,6 +354,10 @@ class EngineServer:
             return self._new_polling(request)
         session = self.sessions.get(sid)
         if session is None:
+            closed = self._client_closed.pop(sid, None) if request.method == "GET" else None
+            if closed is not None:
+                closed.cancel()
+                return web.Response(text="6", content_type=_TEXT_PLAIN, charset="UTF-8", headers=self._cors(request))
             return self._error(request, 400, 1, "Session ID unknown")
         if request.method == "GET":
             return await self._poll(request, session)
@@ -490,9 +510,15 @@ class EngineServer:
 
     async def _upgrade(self, request: web.Request, sid: str) -> web.StreamResponse:
         session = self.sessions.get(sid)
-        if session is None or session.transport != "polling" or session._probing or not self.options.allow_upgrades:
-            return self._error(request, 400, 3, "Bad request")
+        if session is None or not self.options.allow_upgrades:
+            return self._error(request, 400, 1, "Session ID unknown")
         ws = web.WebSocketResponse(max_msg_size=self.options.max_payload, compress=False, autoping=True)
+        if session.transport != "polling" or session._probing:
+            # upgraded or upgrading already: this WebSocket is accepted and closed at once
+            # (as the reference server does); the session goes on undisturbed
+            await ws.prepare(request)
+            await ws.close()
+            return ws
         await ws.prepare(request)
         transport = request.transport
         if transport is None:
