@@ -29,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from fastgw.profiles import PROFILES
+from fastgw.profiles import PROFILES, Wire
 from fastgw.stats import CHANNEL_TYPES, CloseReason, Histogram, channel_type
 
 __all__ = ["add_routes", "build_registry", "registry_of", "GatewayCollector", "REGISTRY_KEY"]
@@ -41,7 +41,7 @@ REGISTRY_KEY = web.AppKey("fastgw.metrics.registry", CollectorRegistry)
 #: Label values always present (0 until something happens), so that ``rate()`` and
 #: alerts see a series from the first scrape.
 DEVICES = ("android", "ios", "web", "unknown")
-PROTOCOLS = ("native",)
+PROTOCOLS = ("native", "socketio")
 BASE_REJECTED = ("auth", "limit", "draining", "origin")
 
 
@@ -95,6 +95,7 @@ class GatewayCollector(Collector):
             ("messages", self._messages),
             ("subscriptions", self._subscriptions),
             ("recovery", self._recovery),
+            ("socketio", self._socketio),
             ("engine", self._engine),
             ("kafka", self._kafka),
         ):
@@ -146,7 +147,8 @@ class GatewayCollector(Collector):
                     counts[(protocol, profile, device)] = 0
         buffered = buffered_max = backlogged = queued = 0
         for conn in list(gw.connections):
-            counts[(str(getattr(conn, "protocol", "native")), conn.encoding.profile.name, conn.device)] += 1
+            protocol = "native" if conn.encoding.wire is Wire.NATIVE else "socketio"
+            counts[(protocol, conn.encoding.profile.name, conn.device)] += 1
             transport = conn.transport
             if transport is not None:
                 try:
@@ -255,6 +257,26 @@ class GatewayCollector(Collector):
         for outcome, n in sorted(dict(getattr(recovery, "resumes", {})).items()):
             resumes.add_metric([str(outcome)], n)
         yield resumes
+
+    def _socketio(self) -> Iterable[Metric]:
+        sio = getattr(self.gateway, "socketio", None)
+        if sio is None:
+            return
+        status = sio.status()
+        sessions = GaugeMetricFamily("fastgw_socketio_sessions",
+                                     "Engine.IO sessions at /socket.io/, by transport (joined or not).",
+                                     labels=["transport"])
+        sessions.add_metric(["polling"], status["polling"])
+        sessions.add_metric(["websocket"], status["websocket"])
+        yield sessions
+        yield GaugeMetricFamily("fastgw_socketio_unjoined_sessions",
+                                "Engine.IO sessions that have not joined the namespace yet.", value=status["unjoined"])
+        handed = CounterMetricFamily("fastgw_socketio_handoffs_total",
+                                     "--workers: long-polling connections handed to / received from the worker "
+                                     "owning their session.", labels=["direction"])
+        handed.add_metric(["out"], status.get("handed_over", 0))
+        handed.add_metric(["in"], status.get("received", 0))
+        yield handed
 
     def _engine(self) -> Iterable[Metric]:
         engine = self.gateway.engine

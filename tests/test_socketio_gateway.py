@@ -500,3 +500,24 @@ async def test_thousands_of_aborted_sessions_leave_nothing_behind(start_gateway)
     assert not gw.socketio.engine._waiting_gets and not gw.socketio.unjoined
     gc.collect()
     assert sum(isinstance(o, Session) for o in gc.get_objects()) <= before
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+async def test_socketio_clients_show_in_the_metrics(gateway):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as http:
+        client = await joined(http, gateway)
+        await RawPolling.open(http, gateway.port)  # not joined yet
+        async with http.get(f"http://127.0.0.1:{gateway.port}/metrics") as resp:
+            text = await resp.text()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        labels = (("device", "unknown"), ("profile", "full"), ("protocol", "socketio"))
+        assert samples[("fastgw_connections", labels)] == 1
+        assert samples[("fastgw_socketio_sessions", (("transport", "websocket"),))] == 1
+        assert samples[("fastgw_socketio_sessions", (("transport", "polling"),))] == 1
+        assert samples[("fastgw_socketio_unjoined_sessions", ())] == 1
+        assert client.connect_reply
