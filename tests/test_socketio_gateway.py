@@ -521,3 +521,23 @@ async def test_socketio_clients_show_in_the_metrics(gateway):
         assert samples[("fastgw_socketio_sessions", (("transport", "polling"),))] == 1
         assert samples[("fastgw_socketio_unjoined_sessions", ())] == 1
         assert client.connect_reply
+
+
+async def test_a_get_pending_across_probe_and_upgrade_ends_with_a_noop(gateway):
+    """2probe and 5 in one TCP segment: the waiting GET must still end cleanly."""
+    async with aiohttp.ClientSession() as http:
+        poll = await RawPolling.open(http, gateway.port)
+        waiting = asyncio.create_task(poll.get())
+        await asyncio.sleep(0.05)
+        ws = await http.ws_connect(base(gateway.port) + "&transport=websocket&sid=" + poll.sid)
+        ws._writer.transport.write(b"".join(_masked_text(t) for t in ("2probe", "5")))
+        assert await ws.receive_str(timeout=5) == "3probe"
+        assert await waiting == (200, "6")
+        await ws.send_str('40{"token":"%s"}' % token("rider1"))
+        assert (await ws.receive_str(timeout=5)).startswith("40{")
+
+
+def _masked_text(text: str) -> bytes:
+    """A client text frame (masked with a zero key, which leaves the payload as is)."""
+    data = text.encode()
+    return bytes([0x81, 0x80 | len(data)]) + b"\0\0\0\0" + data

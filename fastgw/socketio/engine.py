@@ -457,7 +457,7 @@ class EngineServer:
                 self._waiting_gets.discard(session)
             if session.closed:
                 body = session._final
-            elif session._probing:
+            elif session._probing or session.transport != "polling":  # upgrading, or upgraded meanwhile
                 body = b"6"
             else:
                 body = session.sink.take(MAX_POLL_PACKETS) or b"6"
