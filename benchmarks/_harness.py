@@ -404,6 +404,16 @@ class FleetHandle:
         reply = self.command("stats", 10.0)
         return dict(kv.split("=", 1) for kv in reply.split()[1:])
 
+    def counts(self) -> dict[str, int]:
+        """Counted frames per live connection: ``alive``, ``min``, ``max``, ``total``."""
+        reply = self.command("counts", 10.0)
+        if not reply.startswith("counts"):
+            raise RuntimeError(f"fleet: {reply}")
+        return {k: int(v) for k, v in (kv.split("=", 1) for kv in reply.split()[1:])}
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.proc.pid)
+
     def quit(self) -> None:
         try:
             self.command("quit", 10.0)
@@ -413,7 +423,8 @@ class FleetHandle:
 
 def start_fleet(procs: Procs, cfg: BenchConfig, port: int, path: str, name: str = "fleet",
                 extra_args: list[str] | None = None) -> FleetHandle:
-    """``extra_args``: more ``fleet.py`` options, e.g. ``["--protocol", "fastgw.v1.zstd"]``."""
+    """``extra_args``: more ``fleet.py`` options, e.g. ``["--protocol", "fastgw.v1.zstd"]`` or
+    ``["--mode", "socketio", "--connect-packet", ...]``."""
     argv = [
         sys.executable,
         str(FLEET_SCRIPT),
@@ -464,10 +475,56 @@ class Publisher:
 # --------------------------------------------------------------------------- results + summary
 
 
-@dataclass
-class FanoutResult:
-    server: str
+@dataclass(kw_only=True)
+class ServerRun:
+    """What a benchmark's result records about one server's run around its rounds."""
+
     connections: int
+    connect_seconds: float = 0.0
+    #: WebSocket payload of one delivered message (the fleet's last counted frame)
+    frame_payload_bytes: int = 0
+    loadavg_before: float = 0.0
+    loadavg_after: float = 0.0
+
+
+@dataclass(kw_only=True)
+class ConnectCost(ServerRun):
+    """... and what the connect phase cost the server (filled by :func:`connect_measured`)."""
+
+    #: Server CPU per connection during the connect phase (upgrade, auth, welcome, subscribe).
+    connect_server_cpu_us_per_conn: float = 0.0
+    server_rss_kb_idle: int = 0
+    server_rss_kb_connected: int = 0
+
+    @property
+    def rss_bytes_per_connection(self) -> int | None:
+        if not self.server_rss_kb_connected:
+            return None
+        return round((self.server_rss_kb_connected - self.server_rss_kb_idle) * 1024 / self.connections)
+
+
+def connect_measured(result: ConnectCost, target: "Target", fleet: "FleetHandle", cfg: BenchConfig,
+                     log_tail) -> str:
+    """Connect the fleet's N clients to ``target`` and fill ``result``'s connect-phase figures (idle and
+    connected RSS, connect time, server CPU per connection). Returns "" or, when not every client got
+    ready, what went wrong (with the server's log tail) for the caller to fail with."""
+    n = cfg.connections
+    result.server_rss_kb_idle = proc_rss_kb(target.pid)
+    cpu_before_connect = proc_cpu_seconds(target.pid)
+    ok, failed, secs, err = fleet.connect(n, cfg.connect_timeout)
+    if failed or ok != n:
+        return (f"{target.name}: only {ok}/{n} connections ready after {secs:.1f}s ({failed} failed; first error "
+                f"{err})\nserver log tail:\n{log_tail()}")
+    result.connect_seconds = secs
+    result.connect_server_cpu_us_per_conn = (proc_cpu_seconds(target.pid) - cpu_before_connect) * 1e6 / n
+    time.sleep(0.5)  # let the last subscribes settle before measuring memory
+    result.server_rss_kb_connected = proc_rss_kb(target.pid)
+    return ""
+
+
+@dataclass
+class FanoutResult(ConnectCost):
+    server: str
     messages: int
     #: Per measured round: N*M / (last frame parsed - first trigger fired).
     deliveries_per_s: list[float] = field(default_factory=list)
@@ -483,14 +540,6 @@ class FanoutResult:
     fleet_cpu_share: list[float] = field(default_factory=list)
     #: Per round: mean wall time of one publish POST (the servers answer after writing to everybody).
     publish_ms: list[float] = field(default_factory=list)
-    connect_seconds: float = 0.0
-    #: Server CPU per connection during the connect phase (upgrade, auth, welcome, subscribe).
-    connect_server_cpu_us_per_conn: float = 0.0
-    server_rss_kb_idle: int = 0
-    server_rss_kb_connected: int = 0
-    frame_payload_bytes: int = 0
-    loadavg_before: float = 0.0
-    loadavg_after: float = 0.0
     note: str = ""
 
     @property
@@ -521,11 +570,7 @@ class FanoutResult:
             "connect_server_cpu_us_per_conn": round(self.connect_server_cpu_us_per_conn, 1),
             "server_rss_kb_idle": self.server_rss_kb_idle,
             "server_rss_kb_connected": self.server_rss_kb_connected,
-            "server_rss_bytes_per_connection": (
-                round((self.server_rss_kb_connected - self.server_rss_kb_idle) * 1024 / self.connections)
-                if self.server_rss_kb_connected
-                else None
-            ),
+            "server_rss_bytes_per_connection": self.rss_bytes_per_connection,
             "frame_payload_bytes": self.frame_payload_bytes,
             "loadavg_1min_before_after": [self.loadavg_before, self.loadavg_after],
             "note": self.note,
@@ -534,9 +579,10 @@ class FanoutResult:
 
 #: Filled by the fan-out benchmarks, printed and written by the terminal-summary hook.
 FANOUT_RESULTS: dict[str, FanoutResult] = {}
-#: Terminal summaries of other benchmark modules (e.g. ``test_bench_redis.py``): each is called
-#: as ``fn(terminalreporter)`` by ``conftest.pytest_terminal_summary`` after the tables above.
-SESSION_SUMMARIES: list[Any] = []
+#: Terminal summaries of other benchmark modules (e.g. ``test_bench_redis.py``), by title: each is
+#: called as ``fn(terminalreporter)`` by ``conftest.pytest_terminal_summary`` after the tables above.
+#: Registered with :func:`session_summary`.
+SESSION_SUMMARIES: dict[str, Any] = {}
 
 TARGETS = {"fastgw/floor": 0.95, "fastgw/naive": 1.10}
 
@@ -546,6 +592,13 @@ def loadavg1() -> float:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return 0.0
+
+
+def table_rows(results: dict[str, Any], names: list[str] | tuple[str, ...], width: int, row) -> list[str]:
+    """A summary table's lines: ``row(name, result, result.as_dict())`` for each of ``names``, or
+    ``(not run)`` where ``results`` has none."""
+    return [f"{name:<{width}} {'(not run)':>13}" if (r := results.get(name)) is None else row(name, r, r.as_dict())
+            for name in names]
 
 
 def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]]:
@@ -569,19 +622,17 @@ def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]
         f"{'core busy':>9} {'fleet cpu':>9} {'load1 before/after':>19}",
     ]
     names = ("fastgw", "naive", "floor") + tuple(k for k in results if k not in ("fastgw", "naive", "floor"))
-    for name in names:
-        r = results.get(name)
-        if r is None:
-            lines.append(f"{name:<8} {'(not run)':>13}")
-            continue
-        d = r.as_dict()
-        lines.append(
+
+    def row(name: str, r: FanoutResult, d: dict[str, Any]) -> str:
+        return (
             f"{name:<8} {r.median:>13,.0f} {len(r.deliveries_per_s):>6} "
             f"{d['server_cpu_us_per_delivery_median'] or 0:>11.2f} {d['server_core_us_per_delivery_median'] or 0:>11.2f} "
             f"{d['server_core_busy_share_median'] or 0:>9.2f} {d['fleet_cpu_share_median'] or 0:>9.2f} "
             f"{r.loadavg_before:>9.2f}/{r.loadavg_after:<9.2f}"
             + (f"  [{r.note}]" if r.note else "")
         )
+
+    lines += table_rows(results, names, 8, row)
     lines.append(f"{'connect':<8} {'seconds':>13} {'srv CPU us/conn':>16} {'srv RSS B/conn':>15}")
     for name in names:
         r = results.get(name)
@@ -602,11 +653,7 @@ def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]
         lines.append(f"{k:<13} {('%.3f' % v) if v is not None else 'n/a':>12} "
                      f"{('%.3f' % c) if c is not None else 'n/a':>22}{tgt}")
     doc = {
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv),
-        "env": {k: v for k, v in os.environ.items() if k.startswith("FASTGW_BENCH_")},
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
-                    "kernel": os.uname().release},
+        **doc_header(),
         "results": {k: v.as_dict() for k, v in results.items()},
         "ratios_deliveries_per_s": {k: (round(v, 4) if v is not None else None) for k, v in ratios.items()},
         "ratios_cpu_per_delivery_inverse": {k: (round(v, 4) if v is not None else None)
@@ -756,14 +803,7 @@ def run_round(target: "Target", fleet: FleetHandle, publisher: Publisher, cfg: B
     c0 = cpu_busy_seconds(cfg.server_cpu)
     t0 = time.monotonic()
     for i in range(m):
-        try:
-            publisher.publish(body)
-        except (OSError, http.client.HTTPException, RuntimeError) as exc:
-            alive = "alive" if _pid_alive(target.pid) else "NOT RUNNING"
-            raise RuntimeError(
-                f"{target.name}: publish {i + 1}/{m} failed: {exc!r}; server pid {target.pid} {alive}; "
-                f"fleet {fleet.stats()}\nserver log tail:\n{log_tail()}"
-            ) from exc
+        publish_or_explain(target, fleet, publisher, body, f"{i + 1}/{m}", log_tail)
     t_pub = time.monotonic()
     t_last, reply = fleet.wait_done(cfg.round_timeout)
     if t_last is None:
@@ -776,6 +816,18 @@ def run_round(target: "Target", fleet: FleetHandle, publisher: Publisher, cfg: B
     d = n * m
     return RoundRecord(d / elapsed, (s1 - s0) * 1e6 / d, (s1 - s0) / elapsed, (f1 - f0) / elapsed,
                        (t_pub - t0) * 1e3 / m, (c1 - c0) / elapsed, (c1 - c0) * 1e6 / d)
+
+
+def publish_or_explain(target: Target, fleet: "FleetHandle | FleetGroup", publisher: Publisher, body: bytes,
+                       what: str, log_tail) -> None:
+    """``publisher.publish(body)``; on failure a RuntimeError that says whether the server still runs, the
+    fleet's stats and the server's log tail (``what``: which publish, e.g. ``"3/10"``)."""
+    try:
+        publisher.publish(body)
+    except (OSError, http.client.HTTPException, RuntimeError) as exc:
+        alive = "alive" if _pid_alive(target.pid) else "NOT RUNNING"
+        raise RuntimeError(f"{target.name}: publish {what} failed: {exc!r}; server pid {target.pid} {alive}; "
+                           f"fleet {fleet.stats()}\nserver log tail:\n{log_tail()}") from exc
 
 
 def _pid_alive(pid: int) -> bool:
@@ -795,6 +847,116 @@ def fill_result(result: FanoutResult, records: list[RoundRecord], cfg: BenchConf
     if cfg.server_cpu is not None:
         result.server_core_busy_share = [r.server_core_busy_share for r in records]
         result.server_core_us_per_delivery = [r.server_core_us_per_delivery for r in records]
+
+
+# --------------------------------------------------------------------------- metered rounds
+#
+# What a round costs the server (process CPU, its pinned core, ksoftirqd of that core) and the
+# fleet, for the benchmarks that report it per delivery (bursty, Socket.IO).
+
+
+def ksoftirqd_pid(cpu: int | None) -> int | None:
+    """pid of the ``ksoftirqd/<cpu>`` kernel thread (softirq work deferred off the server process)."""
+    if cpu is None:
+        return None
+    want = f"ksoftirqd/{cpu}\n"
+    try:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/comm") as f:
+                        if f.read() == want:
+                            return int(entry)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return None
+
+
+class Meter:
+    """Server process CPU, server core busy, fleet CPU, ksoftirqd of the server core and wall time
+    between start() and stop(); ``fleets`` is anything with ``cpu_seconds()``."""
+
+    def __init__(self, target: Target, fleets: "FleetHandle | FleetGroup", cfg: BenchConfig,
+                 ksoftirqd: int | None) -> None:
+        self.target, self.fleets, self.cfg, self.ksoftirqd = target, fleets, cfg, ksoftirqd
+
+    def _ksoft(self) -> float:
+        return proc_cpu_seconds(self.ksoftirqd) if self.ksoftirqd else 0.0
+
+    def start(self) -> float:
+        self.s0 = proc_cpu_seconds(self.target.pid)
+        self.f0 = self.fleets.cpu_seconds()
+        self.c0 = cpu_busy_seconds(self.cfg.server_cpu)
+        self.k0 = self._ksoft()
+        self.t0 = time.monotonic()
+        return self.t0
+
+    def stop(self) -> tuple[float, float, float, float]:
+        """(server CPU s, fleet CPU s, server core busy s, ksoftirqd s) since start()."""
+        return (proc_cpu_seconds(self.target.pid) - self.s0, self.fleets.cpu_seconds() - self.f0,
+                cpu_busy_seconds(self.cfg.server_cpu) - self.c0, self._ksoft() - self.k0)
+
+
+@dataclass
+class MeteredRecord:
+    """One round's figures from a :class:`Meter` (fields shared by the per-benchmark records)."""
+
+    seconds: float
+    deliveries_per_s: float
+    server_cpu_us_per_delivery: float
+    server_cpu_share: float
+    server_core_us_per_delivery: float
+    server_core_busy_share: float
+    #: share of the round the server core spent on other work than the server process
+    #: (core busy - server process CPU): softirq (loopback delivery), ksoftirqd, other processes
+    server_core_other_share: float
+    #: share of the round that ksoftirqd/<server cpu> ran (deferred softirq: part of "other")
+    ksoftirqd_share: float
+    fleet_cpu_share: float
+    #: mean wall time of one publish POST
+    publish_ms: float
+
+
+def metered(meas: tuple[float, float, float, float], elapsed: float, deliveries: int,
+            server_cpu: int | None) -> dict[str, float]:
+    """The :class:`MeteredRecord` fields but ``publish_ms`` from :meth:`Meter.stop`'s figures over a round
+    of ``elapsed`` seconds that delivered ``deliveries`` frames."""
+    srv, flt, core, ksoft = meas
+    d = max(deliveries, 1)
+    return dict(
+        seconds=elapsed, deliveries_per_s=deliveries / elapsed,
+        server_cpu_us_per_delivery=srv * 1e6 / d, server_cpu_share=srv / elapsed,
+        server_core_us_per_delivery=core * 1e6 / d, server_core_busy_share=core / elapsed,
+        server_core_other_share=(core - srv) / elapsed if server_cpu is not None else 0.0,
+        ksoftirqd_share=ksoft / elapsed, fleet_cpu_share=flt / elapsed,
+    )
+
+
+class RecordMedians:
+    """Medians over ``self.records`` (round records) for a result dataclass."""
+
+    def med(self, attr: str) -> float:
+        xs = [getattr(r, attr) for r in self.records]
+        return statistics.median(xs) if xs else 0.0
+
+    @property
+    def median(self) -> float:
+        return self.med("deliveries_per_s")
+
+    def medians(self, *attrs: str) -> dict[str, float]:
+        """``{"<attr>_median": median rounded to 3 places}`` in the order given."""
+        return {f"{a}_median": round(self.med(a), 3) for a in attrs}
+
+    def rate_and_cpu(self) -> dict[str, Any]:
+        """deliveries/s and server CPU per delivery: the medians and every round's figure."""
+        return {
+            "deliveries_per_s_median": round(self.median),
+            "deliveries_per_s": [round(r.deliveries_per_s) for r in self.records],
+            "server_cpu_us_per_delivery_median": round(self.med("server_cpu_us_per_delivery"), 3),
+            "server_cpu_us_per_delivery": [round(r.server_cpu_us_per_delivery, 2) for r in self.records],
+        }
 
 
 # =========================================================================== bursty fan-out
@@ -991,74 +1153,17 @@ def start_bursty_server(case: str, procs: Procs, cfg: BenchConfig, bcfg: BurstyC
 
 
 @dataclass
-class BurstRecord:
-    seconds: float
+class BurstRecord(MeteredRecord):
     deliveries: int
     bursts: int
-    deliveries_per_s: float
-    server_cpu_us_per_delivery: float
-    server_cpu_share: float
-    server_core_us_per_delivery: float
-    server_core_busy_share: float
-    #: share of the round the server core spent on other work than the server process
-    #: (core busy - server process CPU): softirq (loopback delivery), ksoftirqd, other processes
-    server_core_other_share: float
-    #: share of the round that ksoftirqd/<server cpu> ran (deferred softirq: part of "other")
-    ksoftirqd_share: float
-    fleet_cpu_share: float
     #: WebSocket bytes read by the fleet (frame headers + payloads) per delivery
     wire_bytes_per_delivery: float
-    #: mean wall time of one publish POST
-    publish_ms: float
     #: frames per socket write on batching connections (fastgw: deliveries / batch_writes), else 0
     frames_per_write: float
     #: sustained: how late the last burst started against its schedule, ms
     last_burst_late_ms: float
     #: frames counted by the fleet beyond the expected ones (should be 0)
     extra_frames: int
-
-
-def ksoftirqd_pid(cpu: int | None) -> int | None:
-    """pid of the ``ksoftirqd/<cpu>`` kernel thread (softirq work deferred off the server process)."""
-    if cpu is None:
-        return None
-    want = f"ksoftirqd/{cpu}\n"
-    try:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/comm") as f:
-                        if f.read() == want:
-                            return int(entry)
-                except OSError:
-                    continue
-    except OSError:
-        pass
-    return None
-
-
-class _Meter:
-    """Server process CPU, server core busy, fleet CPU, ksoftirqd of the server core and wall time
-    between start() and stop()."""
-
-    def __init__(self, target: Target, fleets: FleetGroup, cfg: BenchConfig, ksoftirqd: int | None) -> None:
-        self.target, self.fleets, self.cfg, self.ksoftirqd = target, fleets, cfg, ksoftirqd
-
-    def _ksoft(self) -> float:
-        return proc_cpu_seconds(self.ksoftirqd) if self.ksoftirqd else 0.0
-
-    def start(self) -> float:
-        self.s0 = proc_cpu_seconds(self.target.pid)
-        self.f0 = self.fleets.cpu_seconds()
-        self.c0 = cpu_busy_seconds(self.cfg.server_cpu)
-        self.k0 = self._ksoft()
-        self.t0 = time.monotonic()
-        return self.t0
-
-    def stop(self) -> tuple[float, float, float, float]:
-        """(server CPU s, fleet CPU s, server core busy s, ksoftirqd s) since start()."""
-        return (proc_cpu_seconds(self.target.pid) - self.s0, self.fleets.cpu_seconds() - self.f0,
-                cpu_busy_seconds(self.cfg.server_cpu) - self.c0, self._ksoft() - self.k0)
 
 
 def _batch_writes(target: Target, publisher: Publisher) -> int | None:
@@ -1068,16 +1173,6 @@ def _batch_writes(target: Target, publisher: Publisher) -> int | None:
         return int(publisher.get_json("/api/stats").get("batch_writes", 0))
     except (OSError, http.client.HTTPException, RuntimeError, ValueError):
         return None
-
-
-def _publish_or_explain(target: Target, fleets: FleetGroup, publisher: Publisher, body: bytes, what: str,
-                        log_tail) -> None:
-    try:
-        publisher.publish(body)
-    except (OSError, http.client.HTTPException, RuntimeError) as exc:
-        alive = "alive" if _pid_alive(target.pid) else "NOT RUNNING"
-        raise RuntimeError(f"{target.name}: publish {what} failed: {exc!r}; server pid {target.pid} {alive}\n"
-                           f"server log tail:\n{log_tail()}") from exc
 
 
 class BurstRunner:
@@ -1099,7 +1194,6 @@ class BurstRunner:
                 bursts: int, publishes: int,
                 publish_secs: float, st0: dict, st1: dict, bw0: int | None, bw1: int | None,
                 late: float) -> BurstRecord:
-        srv, flt, core, ksoft = meas
         elapsed = max(t_last - t0, 1e-9)
         frames = int(st1.get("frames", 0) - st0.get("frames", 0))
         rx = st1.get("rx_bytes", 0) - st0.get("rx_bytes", 0)
@@ -1107,14 +1201,9 @@ class BurstRunner:
         if bw0 is not None and bw1 is not None and bw1 > bw0:
             fpw = deliveries / (bw1 - bw0)
         return BurstRecord(
-            seconds=elapsed, deliveries=deliveries, bursts=bursts, deliveries_per_s=deliveries / elapsed,
-            server_cpu_us_per_delivery=srv * 1e6 / deliveries, server_cpu_share=srv / elapsed,
-            server_core_us_per_delivery=core * 1e6 / deliveries, server_core_busy_share=core / elapsed,
-            server_core_other_share=(core - srv) / elapsed if self.cfg.server_cpu is not None else 0.0,
-            ksoftirqd_share=ksoft / elapsed,
-            fleet_cpu_share=flt / elapsed, wire_bytes_per_delivery=rx / max(frames, 1),
-            publish_ms=publish_secs * 1e3 / max(publishes, 1), frames_per_write=fpw,
-            last_burst_late_ms=late * 1e3, extra_frames=frames - deliveries,
+            **metered(meas, elapsed, deliveries, self.cfg.server_cpu), deliveries=deliveries, bursts=bursts,
+            wire_bytes_per_delivery=rx / max(frames, 1), publish_ms=publish_secs * 1e3 / max(publishes, 1),
+            frames_per_write=fpw, last_burst_late_ms=late * 1e3, extra_frames=frames - deliveries,
         )
 
     def _wait(self, timeout: float) -> float:
@@ -1134,10 +1223,10 @@ class BurstRunner:
         armed = self.fleets.arm(m, timeout)
         if armed != self.n:
             raise RuntimeError(f"{self.target.name}: only {armed}/{self.n} connections alive at round start")
-        meter = _Meter(self.target, self.fleets, self.cfg, self.ksoftirqd)
+        meter = Meter(self.target, self.fleets, self.cfg, self.ksoftirqd)
         t0 = meter.start()
         for i, body in enumerate(bodies):
-            _publish_or_explain(self.target, self.fleets, self.publisher, body, f"{i + 1}/{m}", self.log_tail)
+            publish_or_explain(self.target, self.fleets, self.publisher, body, f"{i + 1}/{m}", self.log_tail)
         t_pub = time.monotonic()
         t_last = self._wait(timeout)
         rec_args = (meter.stop(), t0, t_last, self.n * m, 1, m, t_pub - t0)
@@ -1157,7 +1246,7 @@ class BurstRunner:
         armed = self.fleets.arm(1 << 40, duration + 30.0 + drain, open_round=True)
         if armed != self.n:
             raise RuntimeError(f"{self.target.name}: only {armed}/{self.n} connections alive at round start")
-        meter = _Meter(self.target, self.fleets, self.cfg, self.ksoftirqd)
+        meter = Meter(self.target, self.fleets, self.cfg, self.ksoftirqd)
         t0 = meter.start()
         bursts = 0
         late = 0.0
@@ -1172,7 +1261,7 @@ class BurstRunner:
             start = time.monotonic()
             late = max(0.0, start - due)
             for i in range(m):
-                _publish_or_explain(self.target, self.fleets, self.publisher, self._body(),
+                publish_or_explain(self.target, self.fleets, self.publisher, self._body(),
                                     f"{i + 1}/{m} of burst {b + 1}", self.log_tail)
             publish_secs += time.monotonic() - start
             bursts += 1
@@ -1185,26 +1274,13 @@ class BurstRunner:
 
 
 @dataclass
-class BurstyResult:
+class BurstyResult(ServerRun, RecordMedians):
     case: str
     mode: str  # "single" or "sustained"
-    connections: int
     burst: int
     records: list[BurstRecord] = field(default_factory=list)
-    connect_seconds: float = 0.0
     fleets: int = 1
-    frame_payload_bytes: int = 0
-    loadavg_before: float = 0.0
-    loadavg_after: float = 0.0
     note: str = ""
-
-    def med(self, attr: str) -> float:
-        xs = [getattr(r, attr) for r in self.records]
-        return statistics.median(xs) if xs else 0.0
-
-    @property
-    def median(self) -> float:
-        return self.med("deliveries_per_s")
 
     @property
     def cpu_median(self) -> float:
@@ -1228,17 +1304,11 @@ class BurstyResult:
             "messages_per_burst": self.burst,
             "fleet_processes": self.fleets,
             "rounds": len(self.records),
-            "deliveries_per_s_median": round(self.median),
-            "deliveries_per_s": [round(r.deliveries_per_s) for r in self.records],
-            "server_cpu_us_per_delivery_median": r3(self.cpu_median),
-            "server_cpu_us_per_delivery": [round(r.server_cpu_us_per_delivery, 2) for r in self.records],
+            **self.rate_and_cpu(),
             "server_core_us_per_delivery_median": r3(self.med("server_core_us_per_delivery")),
             "deliveries_per_core_second": round(self.core_capacity),
-            "server_cpu_share_median": r3(self.med("server_cpu_share")),
-            "server_core_busy_share_median": r3(self.med("server_core_busy_share")),
-            "server_core_other_share_median": r3(self.med("server_core_other_share")),
-            "ksoftirqd_share_median": r3(self.med("ksoftirqd_share")),
-            "fleet_cpu_share_median": r3(self.med("fleet_cpu_share")),
+            **self.medians("server_cpu_share", "server_core_busy_share", "server_core_other_share",
+                           "ksoftirqd_share", "fleet_cpu_share"),
             "wire_bytes_per_delivery_median": round(self.med("wire_bytes_per_delivery"), 1),
             "frames_per_write_median": round(self.med("frames_per_write"), 2),
             "publish_call_ms_median": r3(self.med("publish_ms")),
@@ -1338,11 +1408,7 @@ def bursty_summary(results: dict[str, BurstyResult], bcfg: BurstyConfig | None =
         lines.append(f"{k:<33} {fmt(cpu_ratios['single'][k]):>8} {fmt(cpu_ratios['sustained'][k]):>10}{tgt}")
     rnd = lambda d: {k: (round(v, 4) if v is not None else None) for k, v in d.items()}  # noqa: E731
     doc = {
-        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv),
-        "env": {k: v for k, v in os.environ.items() if k.startswith("FASTGW_BENCH_")},
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
-                    "kernel": os.uname().release},
+        **doc_header(),
         "config": ({"window_ms": bcfg.window_ms, "period_s": bcfg.period, "sustain_seconds": bcfg.sustain_seconds,
                     "sustain_rounds": bcfg.sustain_rounds, "fleets": bcfg.fleets} if bcfg else {}),
         "results": {k: v.as_dict() for k, v in results.items()},
@@ -1353,6 +1419,43 @@ def bursty_summary(results: dict[str, BurstyResult], bcfg: BurstyConfig | None =
                     "cpu_per_delivery_sustained_max": BURSTY_CPU_TARGETS},
     }
     return lines, doc
+
+
+def doc_header() -> dict[str, Any]:
+    """The first keys of a results document: when, the command, the ``FASTGW_BENCH_*`` settings, the machine."""
+    return {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(sys.argv),
+        "env": {k: v for k, v in os.environ.items() if k.startswith("FASTGW_BENCH_")},
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
+                    "kernel": os.uname().release},
+    }
+
+
+def report(terminalreporter, title: str, lines: list[str], doc: dict, path: Path | None) -> None:
+    """Print a summary table under ``title`` and write its results document to ``path`` (if any)."""
+    terminalreporter.write_sep("=", title)
+    for line in lines:
+        terminalreporter.write_line(line)
+    if path is not None:
+        write_results(terminalreporter, path, doc)
+
+
+def session_summary(title: str, path_env: str, default_path: Path):
+    """Decorator: ``fn() -> (lines, doc)``, or None when there is nothing to report, becomes the session
+    summary ``title`` (printed by ``conftest.py`` and written to ``$path_env`` or ``default_path``);
+    registering the same title again replaces it."""
+
+    def register(fn):
+        def print_and_write(terminalreporter) -> None:
+            out = fn()
+            if out is not None:
+                report(terminalreporter, title, *out, Path(os.environ.get(path_env, str(default_path))))
+
+        SESSION_SUMMARIES[title] = print_and_write
+        return fn
+
+    return register
 
 
 def write_results(terminalreporter, path: Path, doc: dict) -> None:

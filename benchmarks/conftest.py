@@ -29,6 +29,7 @@ from _harness import (  # noqa: E402
     bursty_summary,
     load_bursty_config,
     load_config,
+    report,
     summary,
 )
 
@@ -94,18 +95,10 @@ def bursty_results() -> dict[str, _harness.BurstyResult]:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print the fan-out and bursty tables (also with --benchmark-disable) and write them as JSON."""
     if FANOUT_RESULTS:
-        lines, doc = summary(FANOUT_RESULTS)
-        terminalreporter.write_sep("=", "fan-out summary")
-        for line in lines:
-            terminalreporter.write_line(line)
-        _harness.write_results(terminalreporter, load_config().results_path, doc)
+        report(terminalreporter, "fan-out summary", *summary(FANOUT_RESULTS), load_config().results_path)
     if BURSTY_RESULTS:
         bcfg = _BURSTY_CONFIG[0] if _BURSTY_CONFIG else None
-        lines, doc = bursty_summary(BURSTY_RESULTS, bcfg)
-        terminalreporter.write_sep("=", "bursty fan-out summary")
-        for line in lines:
-            terminalreporter.write_line(line)
-        if bcfg is not None:
-            _harness.write_results(terminalreporter, bcfg.results_path, doc)
-    for report in _harness.SESSION_SUMMARIES:  # e.g. test_bench_redis.py's table and JSON
-        report(terminalreporter)
+        report(terminalreporter, "bursty fan-out summary", *bursty_summary(BURSTY_RESULTS, bcfg),
+               bcfg.results_path if bcfg is not None else None)
+    for session_report in _harness.SESSION_SUMMARIES.values():  # e.g. test_bench_redis.py's table and JSON
+        session_report(terminalreporter)

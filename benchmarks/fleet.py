@@ -1,17 +1,36 @@
 """WebSocket client fleet for the fan-out benchmarks: many cheap loopback connections.
 
 Runs as its own process (the server under test is another process), on uvloop,
-with raw asyncio Protocols: no aiohttp client, no per-message objects. Each
-connection does the HTTP/1.1 upgrade, waits for the server's first data frame
-(the ``welcome``), sends one masked ``subscribe`` text frame and is *ready*
-when a data frame containing ``"subscribed"`` arrives. After that it only
-counts complete incoming data frames that carry ``channel_message`` (header
-parsed for 2/4/10-byte lengths; server frames are unmasked; pings get a pong).
-Binary frames (``--protocol fastgw.v1.zstd``: zstd channel messages) and frames
-with RSV1 set (``--extensions permessage-deflate``: compressed messages) are
-counted as channel messages too, without being decompressed; ``welcome`` and
-``subscribed`` stay uncompressed text on such connections. Several frames in one
-socket read (a gateway's flush window) are each counted.
+with raw asyncio Protocols: no aiohttp client, no socket.io client library, no
+per-message objects. One per-frame loop serves every protocol; only the setup
+handshake (before a connection is *ready*) differs, by ``--mode``:
+
+``--mode native`` (default: fastgw's native protocol v1 and the ``peers/_peer.py`` peers)
+    the HTTP/1.1 upgrade on ``--path``; the server's first data frame (the
+    ``welcome``) triggers one masked ``--subscribe`` text frame; *ready* when a
+    data frame containing ``"subscribed"`` arrives.
+
+``--mode socketio`` (Engine.IO v4 / Socket.IO v5 over a WebSocket, no polling)
+    the upgrade on ``/socket.io/?EIO=4&transport=websocket`` (default path);
+    wait for the Engine.IO open packet ``0{"sid":...}``; send the Socket.IO
+    CONNECT ``--connect-packet`` (``40``, or ``40{"token":"<jwt>"}``); wait for
+    ``40{...}`` (``44...`` = refused: the connection fails with the server's
+    text, not retried); send ``--subscribe`` (default
+    ``420["subscribe",{"channel":"route:500-D:UP"}]``); *ready* at the ack
+    ``43<id>[...]`` that contains ``"subscribed"``. Engine.IO pings (text
+    ``2``) are answered with ``3`` at any time (counted as ``pings``).
+
+After that a connection only counts complete incoming data frames that carry
+``channel_message`` (native ``{"type":"channel_message",...}``, Socket.IO
+``42["channel_message",{...}]``; header parsed for 2/4/10-byte lengths; server
+frames are unmasked; WebSocket pings get a pong, a close frame fails the
+connection). Binary frames (``--protocol fastgw.v1.zstd``: zstd channel
+messages) and frames with RSV1 set (``--extensions permessage-deflate``:
+compressed messages) are counted as channel messages too, without being
+decompressed; ``welcome`` and ``subscribed`` stay uncompressed text on such
+connections. Several frames in one socket read (a gateway's flush window) are
+each counted. Any other data frame after *ready* is counted as ``other``
+(reported by ``stats``; it should stay 0).
 
 Controlled over stdin/stdout, one command per line, one reply line each::
 
@@ -28,7 +47,9 @@ Controlled over stdin/stdout, one command per line, one reply line each::
                            knows how many it sent; if
                            that completes the round, ``done`` follows with the
                            time of the last counted frame)
-    stats               -> stats key=value ...  (frames, rx_bytes, compressed, cpu, ...)
+    stats               -> stats key=value ...  (frames, rx_bytes, compressed, pings, cpu, ...;
+                           first_frame=<a counted payload, 80 chars, \\xNN-escaped>)
+    counts              -> counts alive=<n> min=<k> max=<k> total=<k>  (counted frames per live connection)
     quit                -> bye               (closes every connection, exits)
 
 ``t_last`` is ``time.monotonic()`` (CLOCK_MONOTONIC, comparable across
@@ -58,6 +79,12 @@ except ImportError:  # pragma: no cover - the project depends on uvloop
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 MARKER = b"channel_message"
 SUBSCRIBED = b'"subscribed"'
+#: per ``--mode``: default request target and subscribe message
+DEFAULT_PATH = {"native": "/ws", "socketio": "/socket.io/?EIO=4&transport=websocket"}
+DEFAULT_SUBSCRIBE = {
+    "native": '{"type":"subscribe","id":"1","channel":"route:500-D:UP"}',
+    "socketio": '420["subscribe",{"channel":"route:500-D:UP"}]',
+}
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -78,6 +105,10 @@ def _masked_frame(payload: bytes, opcode: int) -> bytes:
     return head + key + body
 
 
+class Refused(ConnectionError):
+    """The server answered the setup with a refusal (Socket.IO ``44``, an error ack): not retried."""
+
+
 class Fleet:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -90,8 +121,12 @@ class Fleet:
         self.errors: list[str] = []
         self.total_frames = 0
         self.last_payload_len = 0
+        #: head of a counted payload (the last one of the first socket read that counted any)
+        self.first_counted = b""
         self.control_frames = 0
         self.other_frames = 0
+        #: Engine.IO pings answered (``--mode socketio``)
+        self.pings = 0
         #: counted frames that were binary or RSV1 (compressed channel messages)
         self.compressed_frames = 0
         #: bytes read from all sockets (handshakes included; take deltas around rounds)
@@ -104,6 +139,9 @@ class Fleet:
         self.track_last = False
         #: lowercase tokens the 101 response must contain (offered subprotocol/extension)
         self.must_negotiate = [x.lower().encode() for x in (args.protocol, args.extensions.split(";")[0]) if x]
+        #: the connection class of ``--mode``; the Socket.IO CONNECT frame it sends (socketio)
+        self.client_class = CLIENTS[args.mode]
+        self.connect_frame = masked_text_frame(args.connect_packet.encode())
 
     def note_reached(self) -> None:
         self.reached += 1
@@ -115,6 +153,8 @@ class Fleet:
 
 
 class Client(asyncio.Protocol):
+    """One connection; the setup of the native protocol (subclasses: other protocols' setup)."""
+
     __slots__ = (
         "fleet",
         "transport",
@@ -153,11 +193,25 @@ class Client(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(ConnectionError(f"connection lost during setup: {exc!r}"))
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, exc_type: type[ConnectionError] = ConnectionError) -> None:
         if not self.ready.done():
-            self.ready.set_exception(ConnectionError(why))
+            self.ready.set_exception(exc_type(why))
         if self.transport is not None:
             self.transport.close()
+
+    def other_frame(self, payload: bytes) -> None:
+        """A final data frame that is not a channel message: the setup until ready, else ``other``.
+
+        Native: the first one (``welcome``) triggers the subscribe, ready at ``"subscribed"``."""
+        if self.ready.done():
+            self.fleet.other_frames += 1
+        elif not self.subscribed_sent:
+            self.subscribed_sent = True
+            self.transport.write(self.subscribe_frame)
+        elif SUBSCRIBED in payload:
+            self.ready.set_result(None)
+        else:
+            self.fleet.other_frames += 1
 
     def data_received(self, data: bytes) -> None:
         self.fleet.rx_bytes += len(data)
@@ -174,7 +228,7 @@ class Client(asyncio.Protocol):
                 return
             status = data[: data.find(b"\r\n")]
             if b" 101 " not in status + b" ":
-                self._fail("upgrade refused: " + status.decode("latin-1", "replace"))
+                self._fail("upgrade refused: " + data[:300].decode("latin-1", "replace"))
                 return
             for want in self.fleet.must_negotiate:  # offered subprotocol / extension
                 if want not in data[:end].lower():
@@ -188,6 +242,7 @@ class Client(asyncio.Protocol):
         i = 0
         counted = 0
         compressed = 0
+        last = last_end = 0  # the last counted payload of this read
         fleet = self.fleet
         while n - i >= 2:
             b0 = data[i]
@@ -223,25 +278,22 @@ class Client(asyncio.Protocol):
                 if b0 & 0x42:  # binary (zstd) or RSV1 (permessage-deflate): a channel message
                     counted += 1
                     compressed += 1
-                    fleet.last_payload_len = ln
+                    last, last_end = start, end
                 elif data.find(MARKER, start, end) >= 0:
                     counted += 1
-                    fleet.last_payload_len = ln
-                elif not self.ready.done():
-                    if not self.subscribed_sent:
-                        self.subscribed_sent = True
-                        self.transport.write(self.subscribe_frame)
-                    elif data.find(SUBSCRIBED, start, end) >= 0:
-                        self.ready.set_result(None)
-                    else:
-                        fleet.other_frames += 1
+                    last, last_end = start, end
                 else:
-                    fleet.other_frames += 1
+                    self.other_frame(data[start:end])
+                    if self.transport is None or self.transport.is_closing():
+                        return  # failed during the setup
             i = end
         if i < n:
             self.buf = data[i:]
         if counted:
             fleet.total_frames += counted
+            fleet.last_payload_len = last_end - last
+            if not fleet.first_counted:
+                fleet.first_counted = data[last:last_end]
             if compressed:
                 fleet.compressed_frames += compressed
             if fleet.track_last:
@@ -252,6 +304,51 @@ class Client(asyncio.Protocol):
                 fleet.note_reached()
 
 
+class SocketIOClient(Client):
+    """Engine.IO v4 / Socket.IO v5 setup: open packet, CONNECT, subscribe event with an ack."""
+
+    __slots__ = ("opened",)
+
+    def __init__(self, fleet: Fleet, request: bytes, subscribe_frame: bytes, ready: asyncio.Future) -> None:
+        super().__init__(fleet, request, subscribe_frame, ready)
+        self.opened = False
+
+    def other_frame(self, payload: bytes) -> None:
+        fleet = self.fleet
+        if payload == b"2":  # Engine.IO ping -> pong, at any time
+            fleet.pings += 1
+            if self.transport is not None:
+                self.transport.write(masked_text_frame(b"3"))
+        elif self.ready.done():
+            fleet.other_frames += 1
+        elif not self.opened:
+            if payload[:1] != b"0":
+                self._fail("expected the Engine.IO open packet, got " + repr(payload[:120]))
+                return
+            self.opened = True
+            self.transport.write(fleet.connect_frame)
+        elif not self.subscribed_sent:
+            if payload[:2] == b"40":
+                self.subscribed_sent = True
+                self.transport.write(self.subscribe_frame)
+            elif payload[:2] == b"44":
+                self._fail("connect refused: " + payload[:200].decode("utf-8", "replace"), Refused)
+            else:
+                fleet.other_frames += 1
+        elif payload[:2] == b"43":  # the subscribe ack
+            if SUBSCRIBED in payload:
+                self.ready.set_result(None)
+            else:
+                self._fail("subscribe refused: " + payload[:200].decode("utf-8", "replace"), Refused)
+        elif payload[:2] in (b"41", b"44"):
+            self._fail("disconnected during setup: " + payload[:200].decode("utf-8", "replace"))
+        else:
+            fleet.other_frames += 1
+
+
+CLIENTS: dict[str, type[Client]] = {"native": Client, "socketio": SocketIOClient}
+
+
 async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
     args = fleet.args
     loop = asyncio.get_running_loop()
@@ -259,6 +356,7 @@ async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
     path = args.path
     host_hdr = f"{args.host}:{args.port}"
     subscribe = masked_text_frame(args.subscribe.encode())
+    client_class = fleet.client_class
     offer = ""
     if args.protocol:
         offer += f"Sec-WebSocket-Protocol: {args.protocol}\r\n"
@@ -286,7 +384,7 @@ async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
                     last_exc = TimeoutError("connect deadline passed")
                     break
                 ready = loop.create_future()
-                proto_factory = lambda: Client(fleet, req, subscribe, ready)  # noqa: E731
+                proto_factory = lambda: client_class(fleet, req, subscribe, ready)  # noqa: E731
                 transport = None
                 try:
                     if sources:
@@ -312,10 +410,12 @@ async def connect_all(fleet: Fleet, n: int) -> tuple[int, int, float, str]:
                     last_exc = exc
                     if transport is not None:
                         transport.close()
+                    if isinstance(exc, Refused):
+                        break  # the server said no: retrying would not change that
                     await asyncio.sleep(0.05)
             failed += 1
             if not first_error:
-                first_error = repr(last_exc)[:200]
+                first_error = repr(last_exc)[:300]
 
     await asyncio.gather(*(one(i) for i in range(n)))
     return len(fleet.conns), failed, time.monotonic() - t0, first_error
@@ -418,7 +518,7 @@ async def main_async(args: argparse.Namespace) -> None:
             cmd = parts[0]
             if cmd == "connect":
                 ok, failed, secs, err = await connect_all(fleet, int(parts[1]))
-                out(f"ready {ok} {failed} {secs:.3f} {err}".rstrip())
+                out(f"ready {ok} {failed} {secs:.3f} {err}".rstrip().replace("\n", " "))
             elif cmd == "expect":
                 if round_task is not None and not round_task.done():
                     out("error round already running")
@@ -431,12 +531,19 @@ async def main_async(args: argparse.Namespace) -> None:
                 out(retarget(fleet, int(parts[1])))
             elif cmd == "stats":
                 alive = sum(1 for c in fleet.conns if c.transport is not None)
+                # one token on one line, also for binary (zstd, deflate) payloads
+                first = "".join(chr(b) if 0x21 <= b < 0x7F else f"\\x{b:02x}" for b in fleet.first_counted[:80])
                 out(
                     f"stats conns={len(fleet.conns)} alive={alive} lost={fleet.lost} "
                     f"frames={fleet.total_frames} payload_len={fleet.last_payload_len} "
-                    f"control={fleet.control_frames} other={fleet.other_frames} cpu={cpu_seconds():.3f} "
-                    f"compressed={fleet.compressed_frames} rx_bytes={fleet.rx_bytes}"
+                    f"control={fleet.control_frames} other={fleet.other_frames} pings={fleet.pings} "
+                    f"cpu={cpu_seconds():.3f} compressed={fleet.compressed_frames} rx_bytes={fleet.rx_bytes} "
+                    f"first_frame={first}"
                 )
+            elif cmd == "counts":
+                counts = [c.count for c in fleet.conns if c.transport is not None]
+                out(f"counts alive={len(counts)} min={min(counts, default=0)} max={max(counts, default=0)} "
+                    f"total={sum(counts)}")
             elif cmd == "quit":
                 break
             else:
@@ -452,14 +559,14 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=tuple(CLIENTS), default="native", help="the protocol's setup handshake")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--path", default="/ws", help="request target, including any ?token=...")
-    p.add_argument(
-        "--subscribe",
-        default='{"type":"subscribe","id":"1","channel":"route:500-D:UP"}',
-        help="text sent once the first data frame (welcome) arrived",
-    )
+    p.add_argument("--path", default=None, help="request target (default: by mode), including any ?token=...")
+    p.add_argument("--connect-packet", default="40",
+                   help='socketio: the Socket.IO CONNECT sent after the open packet, e.g. 40{"token":"..."}')
+    p.add_argument("--subscribe", default=None,
+                   help="text sent to subscribe (default: by mode; native: once the welcome arrived)")
     p.add_argument("--concurrency", type=int, default=500, help="handshakes in flight")
     p.add_argument("--protocol", default="", help="Sec-WebSocket-Protocol to offer (must be accepted)")
     p.add_argument("--extensions", default="",
@@ -469,6 +576,8 @@ def main() -> None:
     p.add_argument("--sources", default="", help="comma-separated 127.0.0.x source addresses")
     p.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     args = p.parse_args()
+    args.path = args.path or DEFAULT_PATH[args.mode]
+    args.subscribe = args.subscribe or DEFAULT_SUBSCRIBE[args.mode]
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     raise_nofile_limit()

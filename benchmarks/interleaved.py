@@ -40,11 +40,10 @@ from _harness import (  # noqa: E402
     Procs,
     Publisher,
     RoundRecord,
+    connect_measured,
     fill_result,
     load_config,
     loadavg1,
-    proc_cpu_seconds,
-    proc_rss_kb,
     run_round,
     start_fleet,
     summary,
@@ -82,22 +81,15 @@ def main() -> int:
             target = available[name](procs, cfg)
             server_proc = procs.started[-1]
             res = FanoutResult(server=name, connections=n, messages=m, loadavg_before=loadavg1())
-            res.server_rss_kb_idle = proc_rss_kb(target.pid)
             fleet = start_fleet(procs, cfg, target.port, target.ws_path, name=f"fleet-{name}")
-            cpu0 = proc_cpu_seconds(target.pid)
-            ok, failed, secs, err = fleet.connect(n, cfg.connect_timeout)
-            if failed or ok != n:
-                raise RuntimeError(f"{name}: only {ok}/{n} connected ({failed} failed: {err})\n"
-                                   f"{server_proc.log_tail()}")
-            res.connect_seconds = secs
-            res.connect_server_cpu_us_per_conn = (proc_cpu_seconds(target.pid) - cpu0) * 1e6 / n
-            time.sleep(0.5)
-            res.server_rss_kb_connected = proc_rss_kb(target.pid)
+            failure = connect_measured(res, target, fleet, cfg, server_proc.log_tail)
+            if failure:
+                raise RuntimeError(failure)
             publisher = Publisher(HOST, target.port, target.publish_path, target.headers, timeout=cfg.round_timeout)
             setups[name] = (target, fleet, publisher, server_proc)
             results[name] = res
             records[name] = []
-            print(f"{name}: {n} connected in {secs:.2f}s", flush=True)
+            print(f"{name}: {n} connected in {res.connect_seconds:.2f}s", flush=True)
 
         names = list(setups)
         for r in range(args.warmup + args.rounds):

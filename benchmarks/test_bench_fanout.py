@@ -36,10 +36,9 @@ from _harness import (  # benchmarks/ is on sys.path (conftest.py)
     Publisher,
     RoundRecord,
     Unavailable,
+    connect_measured,
     fill_result,
     loadavg1,
-    proc_cpu_seconds,
-    proc_rss_kb,
     run_round,
     start_fleet,
 )
@@ -56,20 +55,10 @@ def test_fanout(benchmark, server, bench_config: BenchConfig, procs: Procs, fano
         pytest.skip(str(exc))
     server_proc = procs.started[-1]
     result = FanoutResult(server=server, connections=n, messages=m, loadavg_before=loadavg1())
-    result.server_rss_kb_idle = proc_rss_kb(target.pid)
-
     fleet = start_fleet(procs, cfg, target.port, target.ws_path, name=f"fleet-{server}")
-    cpu_before_connect = proc_cpu_seconds(target.pid)
-    ok, failed, secs, err = fleet.connect(n, cfg.connect_timeout)
-    if failed or ok != n:
-        pytest.fail(
-            f"{server}: only {ok}/{n} connections ready after {secs:.1f}s ({failed} failed; first error {err})\n"
-            f"server log tail:\n{server_proc.log_tail()}"
-        )
-    result.connect_seconds = secs
-    result.connect_server_cpu_us_per_conn = (proc_cpu_seconds(target.pid) - cpu_before_connect) * 1e6 / n
-    time.sleep(0.5)  # let the last subscribes settle before measuring memory
-    result.server_rss_kb_connected = proc_rss_kb(target.pid)
+    failure = connect_measured(result, target, fleet, cfg, server_proc.log_tail)
+    if failure:
+        pytest.fail(failure)
 
     publisher = Publisher(HOST, target.port, target.publish_path, target.headers, timeout=cfg.round_timeout)
     records: list[RoundRecord] = []
@@ -103,6 +92,6 @@ def test_fanout(benchmark, server, bench_config: BenchConfig, procs: Procs, fano
             "server_cpu_us_per_delivery_median": round(statistics.median(result.server_cpu_us_per_delivery), 3),
             "fleet_cpu_share_median": round(statistics.median(result.fleet_cpu_share), 3),
             "frame_payload_bytes": result.frame_payload_bytes,
-            "connect_seconds": round(secs, 3),
+            "connect_seconds": round(result.connect_seconds, 3),
         }
     )

@@ -67,7 +67,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -745,16 +744,6 @@ def _summary() -> tuple[list[str], dict[str, Any]]:
     return lines, doc
 
 
-def _report(terminalreporter) -> None:
-    if not any(REDIS_RESULTS.values()):
-        return
-    lines, doc = _summary()
-    terminalreporter.write_sep("=", "redis engine summary")
-    for line in lines:
-        terminalreporter.write_line(line)
-    path = Path(os.environ.get("FASTGW_BENCH_REDIS_RESULTS", str(DEFAULT_REDIS_RESULTS)))
-    _harness.write_results(terminalreporter, path, doc)
-
-
-if _report not in _harness.SESSION_SUMMARIES:
-    _harness.SESSION_SUMMARIES.append(_report)
+@_harness.session_summary("redis engine summary", "FASTGW_BENCH_REDIS_RESULTS", DEFAULT_REDIS_RESULTS)
+def _report() -> tuple[list[str], dict] | None:
+    return _summary() if any(REDIS_RESULTS.values()) else None

@@ -15,6 +15,9 @@ Both peers speak the same protocol as far as the benchmark fleet sees it:
 
 The listen backlog is ``/proc/sys/net/core/somaxconn`` (aiohttp's default of
 128 loses SYNs when thousands of clients connect at once).
+
+``run_app`` (process set-up and serving) and ``envelope`` also serve peers with
+an application of their own (``python_socketio_server.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +71,17 @@ def dumps(obj) -> str:
 Deliver = Callable[[web.Application, str, str], Awaitable[int]]
 
 
+def envelope(body: dict) -> dict:
+    """The gateway's envelope around a ``POST /publish`` body ``{"channel", "message"}``."""
+    return {
+        "type": "channel_message",
+        "channel": body["channel"],
+        "message": body["message"],
+        "timestamp": iso_now(),
+        "messageId": next_message_id(),
+    }
+
+
 def make_app(deliver: Deliver) -> web.Application:
     """``deliver(app, channel, payload_json) -> recipients`` is the only difference between peers."""
     app = web.Application()
@@ -104,17 +118,9 @@ def make_app(deliver: Deliver) -> web.Application:
         return ws
 
     async def publish(request: web.Request) -> web.Response:
-        body = await request.json()
-        channel = body["channel"]
-        envelope = {
-            "type": "channel_message",
-            "channel": channel,
-            "message": body["message"],
-            "timestamp": iso_now(),
-            "messageId": next_message_id(),
-        }
-        recipients = await deliver(app, channel, dumps(envelope))
-        return web.json_response({"messageId": envelope["messageId"], "recipients": recipients})
+        env = envelope(await request.json())
+        recipients = await deliver(app, env["channel"], dumps(env))
+        return web.json_response({"messageId": env["messageId"], "recipients": recipients})
 
     async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"ready": True, "connections": len(app[SUBS_KEY])})
@@ -127,10 +133,20 @@ def make_app(deliver: Deliver) -> web.Application:
 
 
 def run(deliver: Deliver, description: str) -> None:
+    run_app(lambda args: make_app(deliver), description)
+
+
+def run_app(app_factory: Callable[[argparse.Namespace], web.Application], description: str,
+            add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, banner: str = "") -> None:
+    """Parse ``--host --port --cpu`` (and what ``add_arguments`` adds), pin to the CPU, raise the open-files
+    limit, install uvloop, then serve ``app_factory(args)`` (called inside the running loop) with the
+    ``somaxconn`` backlog until SIGINT/SIGTERM. ``banner``: more of the "listening on" log line."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -150,11 +166,12 @@ def run(deliver: Deliver, description: str) -> None:
         pass
 
     async def serve() -> None:
-        runner = web.AppRunner(make_app(deliver), access_log=None, handle_signals=True)
+        runner = web.AppRunner(app_factory(args), access_log=None, handle_signals=True)
         await runner.setup()
         site = web.TCPSite(runner, args.host, args.port, backlog=somaxconn())
         await site.start()
-        print(f"listening on {args.host}:{args.port} pid={os.getpid()} t={time.time():.3f}", flush=True)
+        print(f"listening on {args.host}:{args.port} pid={os.getpid()} {banner + ' ' if banner else ''}"
+              f"t={time.time():.3f}", flush=True)
         try:
             await asyncio.Event().wait()  # until SIGINT/SIGTERM
         finally:
