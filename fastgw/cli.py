@@ -1,4 +1,5 @@
-"""Command line: ``fastgw serve`` and ``fastgw token``. Every flag is also ``FASTGW_<NAME>``."""
+"""Command line: ``fastgw serve``, ``fastgw token``, ``fastgw loadtest`` and the rest. Every ``serve`` flag is
+also ``FASTGW_<NAME>``."""
 
 from __future__ import annotations
 
@@ -302,6 +303,116 @@ def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_k
                               issuer=iss, audience=aud))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@click.argument("scenario_arg", metavar="[SCENARIO]", required=False,
+                type=click.Choice(["idle", "fanout"]))
+@click.option("--scenario", type=click.Choice(["idle", "fanout"]), default=None,
+              help="idle: N clients with heartbeats for --duration; fanout: one channel, N subscribers, "
+                   "--rate messages/s for --duration [default: fanout].")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True,
+              help="The gateway (http:// or ws://; the path is chosen by --protocol).")
+@click.option("-n", "--clients", default=1000, show_default=True, type=int, help="WebSocket clients to open.")
+@click.option("--protocol", type=click.Choice(["native", "socketio"]), default="native", show_default=True,
+              help="native: /ws; socketio: /socket.io/ (Engine.IO v4 over WebSocket).")
+@click.option("--processes", default=0, type=int,
+              help="Client processes (at most ~15,000 clients each) [default: auto].")
+@click.option("--sources", default="auto", show_default=True,
+              help="Source addresses: auto (127.0.0.2... one per 25,000 clients on a loopback target), "
+                   "a count of loopback addresses, addresses A,B,..., or none.")
+@click.option("--jwt-secret", envvar="FASTGW_JWT_SECRET", default=None,
+              help="HS256 secret: a token per client (user lt0, lt1, ...) and an admin token to publish. "
+                   "Without it the clients are anonymous.")
+@click.option("--admin-token", envvar="FASTGW_ADMIN_TOKEN", default=None,
+              help="Admin token for POST /api/publish (default: minted with --jwt-secret).")
+@click.option("--user-prefix", default="lt", show_default=True, help="User ids are PREFIX0, PREFIX1, ...")
+@click.option("--profile-mix", default=None, metavar="full=0.6,cellular=0.3,slow=0.1",
+              help="Wire profiles (?profile=) in these proportions [default: all full].")
+@click.option("--duration", default=None, type=float,
+              help="Seconds to publish (fanout) or to hold the connections (idle) "
+                   "[default: fanout 10, idle 60: two default heartbeats].")
+@click.option("--rate", default=10.0, show_default=True, type=float, help="fanout: messages per second.")
+@click.option("--channel", default=None, help="fanout: the channel [default: the busiest route direction].")
+@click.option("--channels-per-client", "-k", default=3, show_default=True, type=int,
+              help="idle: route/stop channels per client (Zipf-like popularity; 0: none).")
+@click.option("--notification-share", default=0.2, show_default=True, type=float,
+              help="idle: share of users that also subscribe to user:{id}:notifications (with tokens).")
+@click.option("--route-share", default=0.5, show_default=True, type=float,
+              help="idle: share of the drawn channels that are routes (the rest are stops).")
+@click.option("--zipf", "zipf_s", default=1.0, show_default=True, type=float,
+              help="Zipf exponent of channel popularity (0: uniform).")
+@click.option("--seed", default=1, show_default=True, type=int, help="Seed of the plan (reproducible).")
+@click.option("--connect-rate", default=0.0, show_default=True, type=float,
+              help="New connections per second in all (0: as fast as --concurrency allows).")
+@click.option("--concurrency", default=200, show_default=True, type=int,
+              help="Handshakes in flight per client process.")
+@click.option("--retries", default=2, show_default=True, type=int,
+              help="Extra attempts per client after a 503/429/timeout/reset.")
+@click.option("--attempt-timeout", default=20.0, show_default=True, type=float,
+              help="Seconds for one connection attempt (TCP, upgrade, subscribes).")
+@click.option("--connect-deadline", default=600.0, show_default=True, type=float,
+              help="Seconds for the whole connect phase.")
+@click.option("--drain-timeout", default=15.0, show_default=True, type=float,
+              help="fanout: seconds to wait for the last deliveries after the last publish.")
+@click.option("--server-pid", "server_pids", multiple=True, type=int,
+              help="Gateway process to measure (repeatable) [default: the processes listening on the port].")
+@click.option("--report", "report_path", default=None, metavar="PATH",
+              help="JSON report [default: loadtest-<scenario>-<UTC time>.json].")
+@click.option("--chart", "chart_path", default=None, metavar="PATH", help="PNG chart (matplotlib).")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr (only on a terminal).")
+def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: int, protocol: str, processes: int,
+             sources: str, jwt_secret: str | None, admin_token: str | None, user_prefix: str,
+             profile_mix: str | None, duration: float | None, rate: float, channel: str | None,
+             channels_per_client: int, notification_share: float, route_share: float, zipf_s: float, seed: int, connect_rate: float,
+             concurrency: int, retries: int, attempt_timeout: float, connect_deadline: float, drain_timeout: float,
+             server_pids: tuple[int, ...], report_path: str | None, chart_path: str | None, progress: bool) -> None:
+    """Open many WebSocket clients against a gateway and report what it held: connect rate and
+    failures, deliveries/s, end-to-end latency, losses, gateway RSS per connection.
+
+    Exit status 0 when every client connected and stayed, and nothing was lost; 1 otherwise
+    (the report says why)."""
+    from fastgw.loadtest import controller, report
+    from fastgw.loadtest.progress import make_progress
+
+    if scenario_arg and scenario and scenario_arg != scenario:
+        raise click.UsageError(f"scenario {scenario_arg!r} and --scenario {scenario!r} disagree")
+    chosen = scenario_arg or scenario or "fanout"
+    cfg = controller.LoadtestConfig(
+        scenario=chosen, url=url, clients=clients, protocol=protocol, processes=processes, sources=sources,
+        jwt_secret=jwt_secret, admin_token=admin_token, user_prefix=user_prefix, profile_mix=profile_mix,
+        duration=duration if duration is not None else (60.0 if chosen == "idle" else 10.0), rate=rate,
+        channel=channel, channels_per_client=channels_per_client,
+        notification_share=notification_share, route_share=route_share, zipf_s=zipf_s, seed=seed,
+        connect_rate=connect_rate, concurrency=concurrency, retries=retries, attempt_timeout=attempt_timeout,
+        connect_deadline=connect_deadline, drain_timeout=drain_timeout, server_pids=server_pids,
+        report_path=report_path or report.default_report_path(chosen), chart_path=chart_path,
+    )
+    try:
+        controller.check_config(cfg)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    import uvloop
+
+    async def run() -> dict:
+        # SIGTERM as Ctrl-C: cancel the run, whose cleanup stops the client processes by pid
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await controller.run_loadtest(cfg, make_progress(progress))
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            result = runner.run(run())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        click.echo("interrupted: client processes stopped, no report written", err=True)
+        sys.exit(130)
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    report.render_table(result)
+    click.echo(f"report: {cfg.report_path}" + (f"  chart: {cfg.chart_path}" if cfg.chart_path else ""))
+    sys.exit(0 if result["ok"] else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover
