@@ -37,6 +37,7 @@ from fastgw.profiles import (
 from fastgw.protocol import native
 from fastgw.ratelimit import ConnectionLimiter, TokenBucket
 from fastgw.recovery import Recovery
+from fastgw.responses import NoResponse
 from fastgw.stats import CloseReason, Stats
 
 __all__ = ["Gateway", "CLOSE_SLOW_CONSUMER"]
@@ -297,6 +298,8 @@ class Gateway:
         self._upgrading += 1
         try:
             await ws.prepare(request)
+        except ConnectionResetError:  # the client left during the handshake: nothing to log
+            return NoResponse()
         finally:
             self._upgrading -= 1
         transport = request.transport

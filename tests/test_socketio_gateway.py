@@ -541,3 +541,24 @@ def _masked_text(text: str) -> bytes:
     """A client text frame (masked with a zero key, which leaves the payload as is)."""
     data = text.encode()
     return bytes([0x81, 0x80 | len(data)]) + b"\0\0\0\0" + data
+
+
+async def test_clients_leaving_during_the_handshake_log_no_errors(gateway, caplog):
+    """At scale, clients that time out mid-handshake are routine: no ERROR per client."""
+    import logging
+    import socket
+    import struct
+
+    request = ("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    paths = [f"/ws?token={token('r1')}", "/socket.io/?EIO=4&transport=websocket"]
+    with caplog.at_level(logging.ERROR, logger="aiohttp.server"):
+        for i in range(60):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            sock.connect(("127.0.0.1", gateway.port))
+            sock.sendall(request.format(path=paths[i % 2]).encode())
+            sock.close()
+        await asyncio.sleep(0.5)
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert await eventually(lambda: not gateway.connections and not gateway.socketio.sessions)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Protocol
 from aiohttp import WSMsgType, web
 
 from fastgw.prepare import POLLING_SEPARATOR
+from fastgw.responses import NoResponse
 from fastgw.protocol import engineio
 from fastgw.protocol.engineio import EngineIOError, PacketType
 
@@ -341,7 +342,7 @@ class EngineServer:
         if sid is not None and sid not in self.sessions and self.handoff is not None \
                 and self.handoff.owns(sid) is False:
             if await self.handoff.hand_over(request, int(sid[:2], 16)):
-                return _HandedOver()
+                return NoResponse()  # the connection is the owner's now
         if transport == "websocket":
             if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
                 return self._error(request, 400, 3, "Bad request")
@@ -394,8 +395,11 @@ class EngineServer:
         if refusal is not None:
             return refusal
         ws = web.WebSocketResponse(max_msg_size=self.options.max_payload, compress=False, autoping=True)
-        await ws.prepare(request)
-        if request.transport is None:  # gone during the handshake
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:  # gone during the handshake
+            return NoResponse()
+        if request.transport is None:
             return ws
         session = self._new_session(request)
         session.transport = "websocket"
@@ -513,13 +517,15 @@ class EngineServer:
         if session is None or not self.options.allow_upgrades:
             return self._error(request, 400, 1, "Session ID unknown")
         ws = web.WebSocketResponse(max_msg_size=self.options.max_payload, compress=False, autoping=True)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:  # gone during the handshake
+            return NoResponse()
         if session.transport != "polling" or session._probing:
             # upgraded or upgrading already: this WebSocket is accepted and closed at once
             # (as the reference server does); the session goes on undisturbed
-            await ws.prepare(request)
             await ws.close()
             return ws
-        await ws.prepare(request)
         transport = request.transport
         if transport is None:
             return ws
@@ -592,17 +598,6 @@ class EngineServer:
     def _error(self, request: web.Request, status: int, code: int, message: str) -> web.Response:
         """The reference server's error body: ``{"code":…,"message":…}``."""
         return web.json_response({"code": code, "message": message}, status=status, headers=self._cors(request))
-
-
-class _HandedOver(web.StreamResponse):
-    """The answer to a request whose connection went to another worker: nothing is
-    written here (the connection is no longer this process's)."""
-
-    async def prepare(self, request: web.BaseRequest) -> None:  # type: ignore[override]
-        return None
-
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
 
 
 def _alive(request: web.Request | None) -> bool:
