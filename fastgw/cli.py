@@ -326,6 +326,9 @@ def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_k
                    "Without it the clients are anonymous.")
 @click.option("--admin-token", envvar="FASTGW_ADMIN_TOKEN", default=None,
               help="Admin token for POST /api/publish (default: minted with --jwt-secret).")
+@click.option("--publish-url", default=None, metavar="URL",
+              help="fanout: where to POST the messages (a URL, or host:port for its /api/publish) "
+                   "[default: the target's /api/publish].")
 @click.option("--user-prefix", default="lt", show_default=True, help="User ids are PREFIX0, PREFIX1, ...")
 @click.option("--profile-mix", default=None, metavar="full=0.6,cellular=0.3,slow=0.1",
               help="Wire profiles (?profile=) in these proportions [default: all full].")
@@ -363,7 +366,8 @@ def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_k
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr (only on a terminal).")
 def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: int, protocol: str, processes: int,
-             sources: str, jwt_secret: str | None, admin_token: str | None, user_prefix: str,
+             sources: str, jwt_secret: str | None, admin_token: str | None, publish_url: str | None,
+             user_prefix: str,
              profile_mix: str | None, duration: float | None, rate: float, channel: str | None,
              channels_per_client: int, notification_share: float, route_share: float, zipf_s: float, seed: int, connect_rate: float,
              concurrency: int, retries: int, attempt_timeout: float, connect_deadline: float, drain_timeout: float,
@@ -381,7 +385,8 @@ def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: 
     chosen = scenario_arg or scenario or "fanout"
     cfg = controller.LoadtestConfig(
         scenario=chosen, url=url, clients=clients, protocol=protocol, processes=processes, sources=sources,
-        jwt_secret=jwt_secret, admin_token=admin_token, user_prefix=user_prefix, profile_mix=profile_mix,
+        jwt_secret=jwt_secret, admin_token=admin_token, publish_url=publish_url, user_prefix=user_prefix,
+        profile_mix=profile_mix,
         duration=duration if duration is not None else (60.0 if chosen == "idle" else 10.0), rate=rate,
         channel=channel, channels_per_client=channels_per_client,
         notification_share=notification_share, route_share=route_share, zipf_s=zipf_s, seed=seed,

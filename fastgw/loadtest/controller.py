@@ -80,6 +80,9 @@ class LoadtestConfig:
     sources: str = "auto"  # auto | none | a count | comma-separated addresses
     jwt_secret: str | None = None
     admin_token: str | None = None
+    #: where the fanout publisher POSTs (None: the target's ``/api/publish``); a peer server may
+    #: take its publishes on another port (``benchmarks/peers/websockets_broadcast.py``)
+    publish_url: str | None = None
     token_ttl: int = 86400
     user_prefix: str = "lt"
     profile_mix: str | None = None
@@ -341,8 +344,8 @@ class Publisher:
     Every message carries ``lt_ch`` (the channel's index in the plan), ``seq`` (1, 2, ...
     per channel) and ``sent_ns`` (``time.time_ns()`` just before the request is sent)."""
 
-    def __init__(self, base_url: str, token: str, channels: tuple[str, ...]) -> None:
-        self.url = base_url + "/api/publish"
+    def __init__(self, base_url: str, token: str, channels: tuple[str, ...], url: str | None = None) -> None:
+        self.url = url or base_url + "/api/publish"
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.channels = channels
         self.templates: dict[int, dict[str, Any]] = {}
@@ -417,7 +420,7 @@ class Publisher:
             await self.publish(pick(i))
 
     def summary(self) -> dict[str, Any]:
-        return {"published": self.ok, "errors": self.errors, "statuses": self.statuses,
+        return {"url": self.url, "published": self.ok, "errors": self.errors, "statuses": self.statuses,
                 "first_error": self.first_error, "post_ms": _ms_percentiles(self.post_us),
                 "max_behind_schedule_s": round(self.max_behind_s, 3),
                 "per_channel": {self.channels[ch]: n for ch, n in sorted(self.seq.items())}}
@@ -625,7 +628,7 @@ class FanoutScenario(Scenario):
         c = self.cfg
         token = admin_token(c)
         subscribers = run.ticks("alive")
-        async with Publisher(run.target.base_url, token, run.plan.channels) as pub:
+        async with Publisher(run.target.base_url, token, run.plan.channels, url=publish_url(c)) as pub:
             t0_ns = time.time_ns()
             await run.mark(t0_ns)
             t_pub = time.monotonic()
@@ -663,6 +666,18 @@ def admin_token(cfg: LoadtestConfig) -> str:
     raise ValueError("the fanout scenario publishes through /api/publish: give --jwt-secret or --admin-token")
 
 
+def publish_url(cfg: LoadtestConfig) -> str | None:
+    """The full URL of ``--publish-url`` (``http://`` added when missing; a bare ``host:port`` gets
+    ``/api/publish``), or None for the target's own ``/api/publish``."""
+    if not cfg.publish_url:
+        return None
+    url = cfg.publish_url if "://" in cfg.publish_url else "http://" + cfg.publish_url
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"--publish-url {cfg.publish_url!r}: an http:// URL (no TLS yet)")
+    return url if parts.path not in ("", "/") else url.rstrip("/") + "/api/publish"
+
+
 def check_config(cfg: LoadtestConfig) -> None:
     """Everything that can be refused before anything starts (``ValueError``)."""
     if cfg.scenario in PLANNED_SCENARIOS:
@@ -683,6 +698,7 @@ def check_config(cfg: LoadtestConfig) -> None:
             raise ValueError("--rate must be positive")
         if not cfg.admin_token and not cfg.jwt_secret:
             raise ValueError("fanout publishes through /api/publish: give --jwt-secret or --admin-token")
+        publish_url(cfg)  # ValueError for a bad one
     if cfg.channels_per_client < 0 or not 0 <= cfg.notification_share <= 1 or not 0 <= cfg.route_share <= 1:
         raise ValueError("--channels-per-client >= 0; --notification-share and --route-share between 0 and 1")
     if cfg.concurrency < 1 or cfg.retries < 0 or cfg.attempt_timeout <= 0 or cfg.connect_deadline <= 0:
