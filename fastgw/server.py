@@ -307,18 +307,7 @@ class Gateway:
             return ws
 
         encoding = Encoding(profile, _negotiated_compression(ws))
-        device = request.query.get("device", "unknown")
-        conn = Connection(
-            secrets.token_urlsafe(12),
-            principal,
-            transport,  # type: ignore[arg-type]
-            outbound_limit=cfg.outbound_limit,
-            core=self.core,
-            on_overflow=self._drop_slow_consumer,
-            encoding=encoding,
-            window=cfg.window_for(profile.name),
-            device=device if device in DEVICES else "unknown",
-        )
+        conn = self.new_connection(principal, transport, encoding, request.query.get("device"))
         opened_at = self.register(conn)
         try:
             conn.send(self._welcome(conn))
@@ -328,6 +317,22 @@ class Gateway:
             if session is not None:
                 await self.recovery.save(conn.session_id, session)
         return ws
+
+    def new_connection(self, principal: Principal, transport: Any, encoding: Encoding, device: str | None,
+                       session_id: str | None = None) -> Connection:
+        """A hub connection with this instance's limits and the profile's flush window
+        (``device``: the client's ``?device=``; unknown values count as ``unknown``)."""
+        return Connection(
+            session_id or secrets.token_urlsafe(12),
+            principal,
+            transport,
+            outbound_limit=self.config.outbound_limit,
+            core=self.core,
+            on_overflow=self._drop_slow_consumer,
+            encoding=encoding,
+            window=self.config.window_for(encoding.profile.name),
+            device=device if device in DEVICES else "unknown",
+        )
 
     def register(self, conn: Connection) -> float:
         """Count a new connection in (presence, stats, logs); returns its opening time."""

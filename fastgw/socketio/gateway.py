@@ -29,7 +29,6 @@ shared buffered packet) and written to every subscriber without a task each.
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
@@ -104,19 +103,9 @@ class GatewayNamespace(Namespace):
         resuming = isinstance(pid, str) and bool(pid)
         if resuming:
             record = await gw.recovery.take(pid, principal.user_id)
-        device = session.query.get("device", "unknown")
         cfg = gw.config
-        conn = Connection(
-            pid if record is not None else secrets.token_urlsafe(12),
-            principal,
-            session.sink,
-            outbound_limit=cfg.outbound_limit,
-            core=gw.core,
-            on_overflow=gw._drop_slow_consumer,
-            encoding=Encoding(profile, Compression.NONE, _wire(session)),
-            window=cfg.window_for(profile.name),
-            device=device if device in ("android", "ios", "web", "unknown") else "unknown",
-        )
+        conn = gw.new_connection(principal, session.sink, Encoding(profile, Compression.NONE, _wire(session)),
+                                 session.query.get("device"), pid if record is not None else None)
         conn.closer = lambda code, reason: session.close(reason, code)
         client = socket.state = _Client(conn, TokenBucket(cfg.client_rate, cfg.client_burst))
         client.record, client.resuming = record, resuming
