@@ -444,12 +444,20 @@ def start_fleet(procs: Procs, cfg: BenchConfig, port: int, path: str, name: str 
 
 
 class Publisher:
-    """One keep-alive HTTP connection firing POSTs back-to-back (each awaits only its 200)."""
+    """One keep-alive HTTP connection firing POSTs back-to-back (each awaits only its 200).
+
+    ``port`` is the server's HTTP (publish) port: for most targets the WebSocket port, for
+    ``websockets`` another one; :meth:`for_target` picks the right one."""
 
     def __init__(self, host: str, port: int, path: str, headers: dict[str, str], timeout: float) -> None:
         self.path = path
         self.headers = {"Content-Type": "application/json", **headers}
         self.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    @classmethod
+    def for_target(cls, target: "Target", timeout: float) -> "Publisher":
+        """A publisher to ``target``'s publish endpoint (``target.http_port``, path and headers)."""
+        return cls(HOST, target.http_port, target.publish_path, target.headers, timeout=timeout)
 
     def publish(self, body: bytes) -> dict:
         self.conn.request("POST", self.path, body=body, headers=self.headers)
@@ -584,7 +592,12 @@ FANOUT_RESULTS: dict[str, FanoutResult] = {}
 #: Registered with :func:`session_summary`.
 SESSION_SUMMARIES: dict[str, Any] = {}
 
-TARGETS = {"fastgw/floor": 0.95, "fastgw/naive": 1.10}
+TARGETS = {"fastgw/floor": 0.95, "fastgw/naive": 1.10, "fastgw/websockets": 1.20}  # issue 8
+#: The fan-out benchmark's servers in table order (``SERVERS``; others, e.g. ``fastgw-py``, follow).
+FANOUT_SERVERS = ("fastgw", "naive", "floor", "websockets")
+#: Ratios always listed (n/a when a side did not run); extra servers add theirs against these.
+FANOUT_PAIRS = (("fastgw", "floor"), ("fastgw", "naive"), ("fastgw", "websockets"),
+                ("naive", "floor"), ("websockets", "floor"))
 
 
 def loadavg1() -> float:
@@ -618,39 +631,41 @@ def summary(results: dict[str, FanoutResult]) -> tuple[list[str], dict[str, Any]
     lines = [
         f"fan-out: {any_r.connections} connections x {any_r.messages} messages per round "
         f"(frame payload {any_r.frame_payload_bytes} B); medians over the measured rounds",
-        f"{'server':<8} {'deliveries/s':>13} {'rounds':>6} {'proc us/dlv':>11} {'core us/dlv':>11} "
+        f"{'server':<10} {'deliveries/s':>13} {'rounds':>6} {'proc us/dlv':>11} {'core us/dlv':>11} "
         f"{'core busy':>9} {'fleet cpu':>9} {'load1 before/after':>19}",
     ]
-    names = ("fastgw", "naive", "floor") + tuple(k for k in results if k not in ("fastgw", "naive", "floor"))
+    extra = tuple(k for k in results if k not in FANOUT_SERVERS)
+    names = FANOUT_SERVERS + extra
 
     def row(name: str, r: FanoutResult, d: dict[str, Any]) -> str:
         return (
-            f"{name:<8} {r.median:>13,.0f} {len(r.deliveries_per_s):>6} "
+            f"{name:<10} {r.median:>13,.0f} {len(r.deliveries_per_s):>6} "
             f"{d['server_cpu_us_per_delivery_median'] or 0:>11.2f} {d['server_core_us_per_delivery_median'] or 0:>11.2f} "
             f"{d['server_core_busy_share_median'] or 0:>9.2f} {d['fleet_cpu_share_median'] or 0:>9.2f} "
             f"{r.loadavg_before:>9.2f}/{r.loadavg_after:<9.2f}"
             + (f"  [{r.note}]" if r.note else "")
         )
 
-    lines += table_rows(results, names, 8, row)
-    lines.append(f"{'connect':<8} {'seconds':>13} {'srv CPU us/conn':>16} {'srv RSS B/conn':>15}")
+    lines += table_rows(results, names, 10, row)
+    lines.append(f"{'connect':<10} {'seconds':>13} {'srv CPU us/conn':>16} {'srv RSS B/conn':>15}")
     for name in names:
         r = results.get(name)
         if r is not None:
             d = r.as_dict()
-            lines.append(f"{name:<8} {r.connect_seconds:>13.2f} {r.connect_server_cpu_us_per_conn:>16.0f} "
+            lines.append(f"{name:<10} {r.connect_seconds:>13.2f} {r.connect_server_cpu_us_per_conn:>16.0f} "
                          f"{d['server_rss_bytes_per_connection'] or 0:>15}")
-    pairs = [("fastgw", "floor"), ("fastgw", "naive"), ("naive", "floor")]
-    pairs += [(k, b) for k in names[3:] if k in results for b in ("floor", "naive", "fastgw")]
+    pairs = list(FANOUT_PAIRS)
+    pairs += [(k, b) for k in extra for b in ("floor", "naive", "websockets", "fastgw")]
     ratios = {f"{a}/{b}": ratio(a, b) for a, b in pairs}
     cpu_ratios = {f"{a}/{b}": cpu_ratio(a, b) for a, b in pairs}
-    lines.append(f"{'ratio':<13} {'deliveries/s':>12} {'proc CPU/dlv, inverse':>22}")
+    kw = max(13, *(len(k) for k in ratios))
+    lines.append(f"{'ratio':<{kw}} {'deliveries/s':>12} {'proc CPU/dlv, inverse':>22}")
     for k, v in ratios.items():
         c = cpu_ratios[k]
         tgt = ""
         if k in TARGETS and v is not None:
             tgt = f"   target >= {TARGETS[k]:.2f} on deliveries/s: {'met' if v >= TARGETS[k] else 'not met'}"
-        lines.append(f"{k:<13} {('%.3f' % v) if v is not None else 'n/a':>12} "
+        lines.append(f"{k:<{kw}} {('%.3f' % v) if v is not None else 'n/a':>12} "
                      f"{('%.3f' % c) if c is not None else 'n/a':>22}{tgt}")
     doc = {
         **doc_header(),
@@ -698,11 +713,20 @@ PUBLISH_BODY = _orjson.dumps({"channel": CHANNEL, "message": bench_payload()})
 class Target:
     name: str
     pid: int
+    #: the WebSocket port (the fleet connects here)
     port: int
     ws_path: str
     publish_path: str
     headers: dict[str, str]
     info: str = ""  # e.g. fastgw's "core=cython" from its start-up log line
+    #: the HTTP port of ``POST publish_path`` (and ``/readyz``) when it is not ``port`` (the
+    #: ``websockets`` peer: websockets serves only WebSocket handshakes); None: the same port
+    publish_port: int | None = None
+
+    @property
+    def http_port(self) -> int:
+        """Where the publisher POSTs (and GETs ``/api/stats``): ``publish_port`` or ``port``."""
+        return self.publish_port if self.publish_port is not None else self.port
 
 
 def _fastgw_env() -> dict[str, str]:
@@ -756,22 +780,59 @@ def start_fastgw_pure_python(procs: Procs, cfg: BenchConfig) -> Target:
     return start_fastgw(procs, cfg, name="fastgw-py", extra_env={"FASTGW_NO_EXTENSIONS": "1"})
 
 
-def start_peer(script: str, name: str):
+def _free_port_other_than(*taken: int, tries: int = 20) -> int:
+    for _ in range(tries):
+        port = free_port()
+        if port not in taken:
+            return port
+    raise RuntimeError(f"no free port other than {taken}")
+
+
+def start_peer(script: str, name: str, *, publish_port: bool = False, info: str = "", requires: str = ""):
+    """A starter of ``peers/<script>`` (pinned to the server CPU). ``publish_port``: the peer takes
+    ``--publish-port`` and serves ``POST /publish`` and ``/readyz`` there, WebSockets on ``--port``.
+    ``requires``: a module the peer imports; :class:`Unavailable` when it cannot be found."""
+
     def start(procs: Procs, cfg: BenchConfig) -> Target:
+        if requires:
+            import importlib.util
+
+            try:
+                found = importlib.util.find_spec(requires) is not None
+            except ImportError:
+                found = False
+            if not found:
+                raise Unavailable(f"{name}: module {requires} is not installed")
         port = free_port()
         argv = [sys.executable, str(PEERS_DIR / script), "--host", HOST, "--port", str(port)]
+        http_port = None
+        if publish_port:
+            http_port = _free_port_other_than(port)
+            argv += ["--publish-port", str(http_port)]
         proc = procs.start(name, argv, cpu=cfg.server_cpu)
-        wait_ready(proc, HOST, port, "/readyz", timeout=30.0)
-        return Target(name, proc.pid, port, "/ws", "/publish", {})
+        wait_ready(proc, HOST, http_port or port, "/readyz", timeout=30.0)
+        return Target(name, proc.pid, port, "/ws", "/publish", {}, info=info, publish_port=http_port)
 
     return start
 
 
-#: The three servers of the pytest fan-out benchmark.
+def _version(dist: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # not installed: its starter raises Unavailable (the test skips)
+        return "?"
+
+
+#: The four servers of the pytest fan-out benchmark.
 SERVERS = {
     "fastgw": start_fastgw,
     "naive": start_peer("naive_aiohttp.py", "naive"),
     "floor": start_peer("floor_writes.py", "floor"),
+    # websockets.broadcast: WebSockets on --port, the aiohttp publish endpoint on --publish-port
+    "websockets": start_peer("websockets_broadcast.py", "websockets", publish_port=True,
+                             info=f"websockets {_version('websockets')}", requires="websockets.asyncio.server"),
 }
 #: Also selectable in ``interleaved.py``.
 EXTRA_SERVERS = {"fastgw-py": start_fastgw_pure_python}

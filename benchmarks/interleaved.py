@@ -7,8 +7,9 @@ same time and runs round 1 of each, then round 2 of each (the order rotates
 every round), so drift hits all of them alike. Same fleet, same trigger, same
 round definition and the same summary table as the pytest run.
 
-    python benchmarks/interleaved.py                       # fastgw naive floor, 5 rounds (+1 warm-up)
+    python benchmarks/interleaved.py                       # fastgw naive floor websockets, 5 rounds (+1 warm-up)
     python benchmarks/interleaved.py --rounds 9 floor fastgw
+    python benchmarks/interleaved.py fastgw websockets floor
     python benchmarks/interleaved.py fastgw fastgw-py floor   # + fastgw on its pure-Python hot path
     FASTGW_BENCH_CONNECTIONS=2000 python benchmarks/interleaved.py
 
@@ -33,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
     BENCH_DIR,
     RESULTS_DIR,
-    HOST,
     EXTRA_SERVERS,
     SERVERS,
     FanoutResult,
@@ -85,7 +85,7 @@ def main() -> int:
             failure = connect_measured(res, target, fleet, cfg, server_proc.log_tail)
             if failure:
                 raise RuntimeError(failure)
-            publisher = Publisher(HOST, target.port, target.publish_path, target.headers, timeout=cfg.round_timeout)
+            publisher = Publisher.for_target(target, timeout=cfg.round_timeout)
             setups[name] = (target, fleet, publisher, server_proc)
             results[name] = res
             records[name] = []

@@ -1,12 +1,17 @@
 """Fan-out of one ~460-byte channel_message frame to N loopback WebSocket connections.
 
-Three servers over the same client fleet design (``benchmarks/fleet.py``, its
+Four servers over the same client fleet design (``benchmarks/fleet.py``, its
 own process, pinned to the other core):
 
 * ``fastgw``: the real gateway, ``fastgw serve`` as a subprocess;
 * ``naive``: ``benchmarks/peers/naive_aiohttp.py``, ``await ws.send_str`` per subscriber;
 * ``floor``: ``benchmarks/peers/floor_writes.py``, one pre-built frame, one
-  ``transport.write`` per subscriber: the limit for unbatched delivery.
+  ``transport.write`` per subscriber: the limit for unbatched delivery;
+* ``websockets``: ``benchmarks/peers/websockets_broadcast.py``, a ``websockets``
+  (asyncio) server fanning out with ``websockets.broadcast`` (frames once, writes
+  to every connection without awaiting). It serves WebSockets on its port and the
+  publish endpoint (aiohttp, same process and loop) on a second port
+  (``Target.publish_port``), so its publish POSTs go there.
 
 A round publishes M messages with M HTTP POSTs fired back-to-back on one
 keep-alive connection (each waits for its 200, none waits for deliveries) and
@@ -16,8 +21,8 @@ at the last frame; deliveries/s = N*M / round time. Publish latency (~100 µs
 of HTTP per message) is included and negligible against N writes per message.
 
 Benchmarks measure; they never assert speed. The summary table (medians and
-the ratios fastgw/floor, fastgw/naive) is printed at the end of the session
-and written to ``benchmarks/results/fanout-latest.json``.
+the ratios fastgw/floor, fastgw/naive, fastgw/websockets) is printed at the end
+of the session and written to ``benchmarks/results/fanout-latest.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import time
 import pytest
 
 from _harness import (  # benchmarks/ is on sys.path (conftest.py)
-    HOST,
     SERVERS,
     BenchConfig,
     FanoutResult,
@@ -60,7 +64,7 @@ def test_fanout(benchmark, server, bench_config: BenchConfig, procs: Procs, fano
     if failure:
         pytest.fail(failure)
 
-    publisher = Publisher(HOST, target.port, target.publish_path, target.headers, timeout=cfg.round_timeout)
+    publisher = Publisher.for_target(target, timeout=cfg.round_timeout)
     records: list[RoundRecord] = []
 
     def one_round() -> None:
