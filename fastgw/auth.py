@@ -23,6 +23,12 @@ Claims:
 
 Every failure is an :class:`AuthError` (HTTP 401 before the upgrade); nothing
 else escapes :meth:`Authenticator.authenticate`, whatever the token holds.
+
+A token that verified is remembered (a digest of it, its principal and when it stops
+being valid; at most :data:`VERIFIED_CACHE_SIZE`, oldest forgotten first): a client that
+reconnects shows the same token again, and in a reconnect storm verification was a sixth
+of the gateway's CPU. Nothing in a verified token's outcome depends on time except ``exp``,
+which the remembered entry keeps. Failures are not remembered.
 Problems with the configuration (a PEM key given as the HS256 secret, a private
 key or a short RSA key given as the public key) are a :class:`ValueError` when
 the :class:`Authenticator` is made, not a 401 on every connection.
@@ -30,6 +36,7 @@ the :class:`Authenticator` is made, not a 401 on every connection.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any, Mapping
@@ -54,6 +61,8 @@ log = logging.getLogger("fastgw.auth")
 LEEWAY_SECONDS = 30
 #: Clock leeway for ``nbf``, seconds.
 NBF_LEEWAY_SECONDS = 5
+#: Verified tokens remembered per process (~170 bytes each).
+VERIFIED_CACHE_SIZE = 50_000
 #: Smallest RSA modulus accepted for RS256 (NIST SP 800-57).
 MIN_RSA_BITS = 2048
 #: Shortest HS256 secret that does not log a warning (RFC 7518 3.2: at least the hash size).
@@ -98,6 +107,8 @@ class Authenticator:
             require.append("aud")
         # nbf is checked here with its own (smaller) leeway; PyJWT checks exp and iat.
         self._options: dict[str, Any] = {"require": require, "verify_nbf": False}
+        #: digest of a verified token -> (its principal, the time.time() it stops being valid)
+        self._verified: dict[bytes, tuple[Principal, float]] = {}
 
     @property
     def algorithm(self) -> str | None:
@@ -112,6 +123,20 @@ class Authenticator:
             raise AuthError("missing token")
         if self._key is None:
             raise AuthError("tokens are not accepted: no key configured")
+        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            if time.time() < known[1]:
+                return known[0]
+            del self._verified[digest]  # expired since: verified (and refused) below
+        principal, valid_until = self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]  # the oldest
+        self._verified[digest] = (principal, valid_until)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
+        """The principal of ``token`` and until when it is valid, or :class:`AuthError`."""
         try:
             claims = jwt.decode(
                 token,
@@ -146,7 +171,8 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not is_valid_user_id(sub):
             raise AuthError("invalid token: bad sub")
-        return Principal(user_id=sub, admin=claims.get("admin") is True)
+        # PyJWT accepts while now < exp + leeway
+        return Principal(user_id=sub, admin=claims.get("admin") is True), claims["exp"] + LEEWAY_SECONDS
 
 
 def _is_number(value: Any) -> bool:

@@ -14,6 +14,10 @@ import click
 from fastgw import __version__
 from fastgw.config import Config, system_somaxconn
 
+#: ``fastgw loadtest`` scenarios (``fastgw.loadtest.controller.SCENARIOS``; not imported here
+#: so that the CLI starts without the load test's modules)
+LOADTEST_SCENARIOS = ("idle", "fanout", "bmtc", "storm")
+
 
 def _read_key(value: str | None) -> str | None:
     """A key given inline (PEM text) or as a path to a PEM file."""
@@ -307,10 +311,12 @@ def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_k
 
 @main.command()
 @click.argument("scenario_arg", metavar="[SCENARIO]", required=False,
-                type=click.Choice(["idle", "fanout"]))
-@click.option("--scenario", type=click.Choice(["idle", "fanout"]), default=None,
+                type=click.Choice(LOADTEST_SCENARIOS))
+@click.option("--scenario", type=click.Choice(LOADTEST_SCENARIOS), default=None,
               help="idle: N clients with heartbeats for --duration; fanout: one channel, N subscribers, "
-                   "--rate messages/s for --duration [default: fanout].")
+                   "--rate messages/s for --duration; bmtc: Kafka + simulated location reports at "
+                   "--report-rate, the BMTC subscription mix; storm: every client dropped at once "
+                   "(--trigger), back with backoff and jitter [default: fanout].")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True,
               help="The gateway (http:// or ws://; the path is chosen by --protocol).")
 @click.option("-n", "--clients", default=1000, show_default=True, type=int, help="WebSocket clients to open.")
@@ -358,6 +364,28 @@ def token(sub: str, admin: bool, ttl: int, jwt_secret: str | None, jwt_private_k
               help="Seconds for the whole connect phase.")
 @click.option("--drain-timeout", default=15.0, show_default=True, type=float,
               help="fanout: seconds to wait for the last deliveries after the last publish.")
+@click.option("--trigger", default="drop", show_default=True, type=click.Choice(["drop", "kill", "term"]),
+              help="storm: drop: the clients cut every connection at once (a network outage); kill / term: "
+                   "SIGKILL / SIGTERM (drain) to the gateway's processes, for `fastgw serve --workers N`, "
+                   "whose supervisor restarts them.")
+@click.option("--reconnect-base", default=0.5, show_default=True, type=float,
+              help="storm: a client's first reconnect waits a random [0, BASE] s; each failed attempt doubles it.")
+@click.option("--reconnect-cap", default=8.0, show_default=True, type=float,
+              help="storm: the longest reconnect delay, seconds (a gateway's Retry-After is honoured up to it).")
+@click.option("--outage", default=2.0, show_default=True, type=float,
+              help="storm --trigger drop: seconds the network stays down after the drop "
+                   "(the notifications are published meanwhile).")
+@click.option("--storm-deadline", default=60.0, show_default=True, type=float,
+              help="storm: seconds for every client to be back and resubscribed.")
+@click.option("--notifications", default=1, show_default=True, type=int,
+              help="storm: notifications published to each notification user while the clients are away.")
+@click.option("--kafka", default=None, metavar="HOST:PORT",
+              help="bmtc: the Kafka bootstrap servers the gateway consumes from.")
+@click.option("--kafka-topic", default="location-updates", show_default=True,
+              help="bmtc: the location reports' topic.")
+@click.option("--report-rate", default=1000.0, show_default=True, type=float,
+              help="bmtc: simulated location reports per second.")
+@click.option("--buses", default=1000, show_default=True, type=int, help="bmtc: simulated buses at most.")
 @click.option("--server-pid", "server_pids", multiple=True, type=int,
               help="Gateway process to measure (repeatable) [default: the processes listening on the port].")
 @click.option("--report", "report_path", default=None, metavar="PATH",
@@ -371,6 +399,9 @@ def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: 
              profile_mix: str | None, duration: float | None, rate: float, channel: str | None,
              channels_per_client: int, notification_share: float, route_share: float, zipf_s: float, seed: int, connect_rate: float,
              concurrency: int, retries: int, attempt_timeout: float, connect_deadline: float, drain_timeout: float,
+             trigger: str, reconnect_base: float, reconnect_cap: float, outage: float, storm_deadline: float,
+             notifications: int,
+             kafka: str | None, kafka_topic: str, report_rate: float, buses: int,
              server_pids: tuple[int, ...], report_path: str | None, chart_path: str | None, progress: bool) -> None:
     """Open many WebSocket clients against a gateway and report what it held: connect rate and
     failures, deliveries/s, end-to-end latency, losses, gateway RSS per connection.
@@ -392,6 +423,9 @@ def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: 
         notification_share=notification_share, route_share=route_share, zipf_s=zipf_s, seed=seed,
         connect_rate=connect_rate, concurrency=concurrency, retries=retries, attempt_timeout=attempt_timeout,
         connect_deadline=connect_deadline, drain_timeout=drain_timeout, server_pids=server_pids,
+        trigger=trigger, reconnect_base=reconnect_base, reconnect_cap=reconnect_cap, outage=outage,
+        storm_deadline=storm_deadline,
+        notifications=notifications, kafka=kafka, kafka_topic=kafka_topic, report_rate=report_rate, buses=buses,
         report_path=report_path or report.default_report_path(chosen), chart_path=chart_path,
     )
     try:

@@ -54,3 +54,37 @@ def test_token_sources():
     assert token_from_request_parts({"Authorization": "bearer  abc "}, {}) == "abc"
     assert token_from_request_parts({}, {"token": "q"}) == "q"
     assert token_from_request_parts({"Authorization": "Basic x"}, {}) is None
+
+
+def test_a_verified_token_is_remembered_until_it_expires(monkeypatch):
+    """The same token twice: verified once (PyJWT not called again), the same principal; once
+    past exp + leeway it is verified again, and refused."""
+    auth = Authenticator(secret=SECRET)
+    # expired 29 s ago: within the 30 s leeway for one more second
+    tok = mint_token("u1", secret=SECRET, ttl=60, now=time.time() - 89)
+    first = auth.authenticate(tok)
+    calls = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(jwt, "decode", lambda *a, **kw: calls.append(1) or real_decode(*a, **kw))
+    assert auth.authenticate(tok) is first and calls == []
+    time.sleep(1.2)
+    with pytest.raises(AuthError, match="expired"):
+        auth.authenticate(tok)
+    assert calls == [1]
+
+
+def test_failures_are_not_remembered_and_the_memory_is_bounded(monkeypatch):
+    import fastgw.auth as auth_module
+
+    monkeypatch.setattr(auth_module, "VERIFIED_CACHE_SIZE", 3)
+    auth = Authenticator(secret=SECRET)
+    tok = mint_token("u1", secret=SECRET)
+    for _ in range(2):  # a tampered token is refused every time
+        with pytest.raises(AuthError):
+            auth.authenticate(tok[:-2] + ("AA" if not tok.endswith("AA") else "BB"))
+    assert len(auth._verified) == 0
+    tokens = [mint_token(f"u{i}", secret=SECRET) for i in range(5)]
+    for t in tokens:
+        auth.authenticate(t)
+    assert len(auth._verified) == 3  # the two oldest forgotten
+    assert [auth.authenticate(t).user_id for t in tokens] == [f"u{i}" for i in range(5)]

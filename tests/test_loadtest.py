@@ -377,8 +377,10 @@ async def test_gaps_and_missing_messages_are_counted_per_channel():
 
 
 def test_cli_refuses_what_it_cannot_do():
-    proc = loadtest_cli("bmtc", "--url", "http://127.0.0.1:9")  # not built yet: not offered
-    assert proc.returncode == 2 and "'idle', 'fanout'" in proc.stderr
+    proc = loadtest_cli("rush", "--url", "http://127.0.0.1:9")  # no such scenario
+    assert proc.returncode == 2 and "'idle', 'fanout', 'bmtc', 'storm'" in proc.stderr
+    proc = loadtest_cli("storm", "--url", "http://127.0.0.1:9")
+    assert proc.returncode == 2 and "--jwt-secret" in proc.stderr
     proc = loadtest_cli("fanout", "--url", "http://127.0.0.1:9")
     assert proc.returncode == 2 and "--jwt-secret" in proc.stderr
     proc = loadtest_cli("idle", "--url", "http://127.0.0.1:9", "-n", "60000", "--sources", "2")
@@ -433,5 +435,5 @@ async def test_an_interrupted_run_stops_its_client_processes(serve, tmp_path, si
 def test_cli_help_lists_the_scenarios_and_options():
     proc = loadtest_cli("--help")
     assert proc.returncode == 0
-    for word in ("idle", "fanout", "--profile-mix", "--server-pid", "--chart", "--report", "--sources"):
+    for word in ("idle", "fanout", "bmtc", "storm", "--trigger", "--outage", "--kafka", "--profile-mix", "--server-pid", "--chart", "--report", "--sources"):
         assert word in proc.stdout

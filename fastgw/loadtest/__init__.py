@@ -8,15 +8,18 @@ One module per job:
                asyncio Protocols on uvloop, native protocol or Socket.IO over WebSocket,
                heartbeats answered, deliveries parsed with bytes searches
 ``controller`` orchestration: client processes, the publisher, the scenarios
-               (``idle``, ``fanout``), stopping everything it started
+               ``idle`` and ``fanout``, stopping everything it started
+``storm``      the ``storm`` scenario: every client dropped at once, back with backoff and
+               jitter; resubscription times and the offline queues' replay
+``bmtc``       the ``bmtc`` scenario: Kafka, simulated location reports, the BMTC mix
 ``procstats``  the gateway's processes (from the port or given pids): RSS and CPU from /proc
 ``histogram``  log-linear latency histograms: filled by the client processes, merged by ``report``
 ``report``     percentiles, the JSON report, the PNG chart, the rich table
 ``progress``   the rich progress bar (stderr)
 
 The Python API is :func:`fastgw.loadtest.controller.run_loadtest`; the command line is
-``fastgw loadtest`` (``fastgw/cli.py``). Scenarios: ``idle`` and ``fanout``; ``bmtc`` and
-``storm`` (issue 8) are planned and slot into ``controller.SCENARIO_CLASSES``.
+``fastgw loadtest`` (``fastgw/cli.py``). Scenarios: ``idle``, ``fanout``, ``bmtc``, ``storm``
+(``controller.scenario_class``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ Protocols (``protocol`` in the configuration):
               ``43<id>[{"type":"subscribed",...}]`` arrived (``44``: refused).
 
 Heartbeats are answered at any time: a WebSocket ping with a pong carrying its payload,
-an Engine.IO ``2`` with ``3``.
+an Engine.IO ``2`` with ``3``. A ``queue_sync_complete`` (the end of an offline-queue replay)
+is acknowledged with ``{"type":"ack","upTo":n}``, as the apps do.
 
 Deliveries: the load test's publisher puts ``"lt_ch":<channel index>,"seq":<n>,"sent_ns":<t>``
 into every message it publishes (``fastgw.loadtest.controller``); a data frame is
@@ -30,7 +31,14 @@ Control: one JSON object per line on stdin, events as JSON lines on stdout.
 * first line: the configuration (see :func:`main` and ``controller.client_config``)
 * ``{"cmd":"connect"}`` → ``{"ev":"connected",...}`` when every client is ready or failed
 * ``{"cmd":"mark","t0_ns":T,"base":{ch: seq}}`` → ``{"ev":"marked"}``: measuring starts
-* ``{"cmd":"report","last_seq":{ch: n},"void":{ch: n}}`` → ``{"ev":"report",...}``
+* ``{"cmd":"storm","t0_ns":T,"drop":bool,"outage_s":O,"deadline_s":D,"base_s":B,"cap_s":C}`` →
+  ``{"ev":"storm","dropped":n}``: from now on every client that loses its connection comes
+  back like the apps do (``storm`` scenario): it waits until the network is back (O s after
+  T: the outage), then a random [0, B] s (or the ``retryAfterMs`` of a drain's ``reconnect``,
+  plus that jitter), reconnects, sends ``resume`` with its old ``sessionId``
+  and, when the session is not recovered, subscribes again; each failed attempt doubles
+  the delay up to C s (a ``Retry-After`` is honoured up to C), until T + D. With ``drop``
+  every connection is cut at once first (``transport.abort()``).
 * ``{"cmd":"quit"}`` → ``{"ev":"bye"}``; every connection is closed and the process exits
 
 and, every ``tick`` seconds, ``{"ev":"tick",...}`` with the running counts. The process
@@ -66,6 +74,10 @@ _SEQ = b',"seq":'
 _SENT = b',"sent_ns":'
 CHANNEL_MESSAGE = b"channel_message"
 SUBSCRIBED = b'"subscribed"'
+RESUMED = b'"resumed"'
+QUEUED = b'"queued_message"'
+QUEUE_SYNC = b'"queue_sync_complete"'
+RECONNECT = b'"type":"reconnect"'
 #: failures worth another attempt (the server may admit the client a moment later)
 RETRYABLE = frozenset({"http_503", "http_429", "timeout", "ECONNRESET", "ECONNREFUSED", "EAGAIN",
                        "closed_during_setup", "EADDRNOTAVAIL", "ETIMEDOUT", "EPIPE"})
@@ -122,23 +134,36 @@ def _retry_after(head: bytes) -> float:
     return 0.0
 
 
-def _json_str(payload: bytes, key: bytes) -> str:
-    """The string value of ``"key":"..."`` in ``payload`` (error codes), or ``""``."""
+def _json_str(payload: bytes, key: bytes, limit: int = 40) -> str:
+    """The string value of ``"key":"..."`` in ``payload`` (error codes, ids), or ``""``."""
     i = payload.find(b'"' + key + b'":"')
     if i < 0:
         return ""
     i += len(key) + 4
     j = payload.find(b'"', i)
-    return payload[i:j].decode("ascii", "replace")[:40] if j > i else ""
+    return payload[i:j].decode("ascii", "replace")[:limit] if j > i else ""
+
+
+def _json_int(payload: bytes, key: bytes) -> int | None:
+    """The integer value of ``"key":n`` in ``payload``, or None."""
+    i = payload.find(b'"' + key + b'":')
+    if i < 0:
+        return None
+    i += len(key) + 3
+    j = i
+    while j < len(payload) and 48 <= payload[j] <= 57:
+        j += 1
+    return int(payload[i:j]) if j > i else None
 
 
 class Conn(asyncio.Protocol):
     """One client connection: the setup of its protocol, then deliveries and heartbeats."""
 
     __slots__ = ("eng", "spec", "transport", "buf", "state", "pending", "ready", "seqs", "close_code",
-                 "request", "step", "phist")
+                 "request", "step", "phist", "slot", "resume_from", "retry_after_ms")
 
-    def __init__(self, eng: "Engine", spec: list[Any], request: bytes, ready: asyncio.Future) -> None:
+    def __init__(self, eng: "Engine", spec: list[Any], request: bytes, ready: asyncio.Future,
+                 resume_from: str | None = None) -> None:
         self.eng = eng
         self.spec = spec  # [user_id, profile, source, [channel indices]]
         self.transport: asyncio.Transport | None = None
@@ -155,6 +180,12 @@ class Conn(asyncio.Protocol):
         self.step = 0
         #: the latency histogram of this connection's wire profile
         self.phist = eng.profile_hist(spec[1])
+        #: index in ``eng.conns`` (a reconnected client takes its old place)
+        self.slot = -1
+        #: native: the sessionId to ``resume`` after the welcome (storm reconnects), else None
+        self.resume_from = resume_from
+        #: a draining gateway's ``reconnect`` advice, ms (0: none)
+        self.retry_after_ms = 0
 
     # --- asyncio.Protocol -------------------------------------------------
 
@@ -178,6 +209,8 @@ class Conn(asyncio.Protocol):
             else:
                 reason = "eof"
             eng.dropped[reason] += 1
+            if eng.storm is not None:  # the storm is on: this client comes back
+                eng.storm.lost(self)
         elif not self.ready.done():
             code = f" (close {self.close_code})" if self.close_code else ""
             self.ready.set_exception(SetupFailed("closed_during_setup", f"{exc!r}{code}"))
@@ -243,14 +276,44 @@ class Conn(asyncio.Protocol):
                 eng.other_frames += 1
             return
         # native
+        if QUEUE_SYNC in payload:  # the offline queue was replayed: acknowledge it
+            up_to = _json_int(payload, b"upTo")
+            if up_to is not None and self.transport is not None:
+                eng.acks += 1
+                self.transport.write(masked_frame(b'{"type":"ack","upTo":%d}' % up_to))
+            eng.queue_syncs += 1
+            return
+        if RECONNECT in payload:  # a draining gateway: when to come back
+            self.retry_after_ms = _json_int(payload, b"retryAfterMs") or 0
+            eng.reconnect_advice += 1
+            return
         if self.state == READY:
             eng.other_frames += 1
         elif self.step == 0:  # the first data frame: welcome
             self.step = 1
-            if self.pending == 0:
+            eng.sessions[self.spec[0]] = _json_str(payload, b"sessionId", 64)
+            if self.resume_from:
+                self.step = 2
+                self.transport.write(masked_frame(  # type: ignore[union-attr]
+                    b'{"type":"resume","id":"r","sessionId":"%s"}' % self.resume_from.encode()))
+            elif self.pending == 0:
                 self._ready()
             else:
                 self.transport.write(eng.subscribe_frames(self.spec))  # type: ignore[union-attr]
+        elif self.step == 2 and RESUMED in payload:
+            # every channel restored (recovered or not: what the history no longer holds is
+            # gone either way): resubscribed; an unknown session: subscribe again
+            restored = payload.count(b'"channel":')
+            if restored >= len(self.spec[3]):
+                eng.storm_resumed[b'"recovered":true' in payload] += 1
+                self._ready()
+            else:
+                eng.storm_resumed[None] += 1
+                self.step = 1
+                if self.pending == 0:
+                    self._ready()
+                else:
+                    self.transport.write(eng.subscribe_frames(self.spec))  # type: ignore[union-attr]
         elif SUBSCRIBED in payload:
             self.pending -= 1
             if self.pending == 0:
@@ -331,10 +394,16 @@ class Conn(asyncio.Protocol):
                     if not now:
                         now = time.time_ns()
                     eng.frame_bytes += end - i
+                    if eng.storm is not None and data.find(QUEUED, start, end) >= 0:
+                        eng.replayed += 1  # a notification kept while this client was away
                     while p >= 0:
                         p = self.deliver(data, p, end, now)
                 elif op == 0x1 and data.find(CHANNEL_MESSAGE, start, end) >= 0 and self.state == READY:
                     eng.foreign += 1  # a channel message the load test did not publish
+                    if eng.source is not None:  # a scenario that measures them (bmtc)
+                        if not now:
+                            now = time.time_ns()
+                        eng.source.frame(self, data[start:end], now)
                 else:
                     self.setup_frame(data[start:end])
                     if self.state == CLOSED:
@@ -463,6 +532,23 @@ class Engine:
         self.messages: dict[int, list[int]] = {}
         self.gaps: dict[int, int] = {}
         self.out_of_order: dict[int, int] = {}
+        # storm (``fastgw.loadtest.reconnect``): armed by the ``storm`` command
+        self.storm: Any = None
+        #: user id -> sessionId of its latest welcome (to ``resume``)
+        self.sessions: dict[str, str] = {}
+        self.storm_resumed: Counter[bool | None] = Counter()  # recovered True / False; None: unknown session
+        self.replayed = 0
+        self.acks = 0
+        self.queue_syncs = 0
+        self.reconnect_advice = 0
+        #: the scenario's counter of channel messages it did not publish itself, or None:
+        #: ``cfg["source_module"]`` names a module with ``SourceCounter(engine)`` (``frame(conn,
+        #: payload, now_ns)``, ``report() -> dict``), e.g. ``fastgw.loadtest.bmtc``
+        self.source: Any = None
+        if cfg.get("source_module"):
+            import importlib
+
+            self.source = importlib.import_module(cfg["source_module"]).SourceCounter(self)
 
     def profile_hist(self, profile: str) -> list[int]:
         h = self.hist_by_profile.get(profile)
@@ -513,9 +599,41 @@ class Engine:
 
     # --- connect phase --------------------------------------------------------
 
+    async def open(self, spec: list[Any], timeout: float, resume_from: str | None = None) -> Conn:
+        """One connection for ``spec``, ready (welcome, subscribed or resumed) within ``timeout``
+        seconds; raises (``SetupFailed``, ``OSError``, ``TimeoutError``) otherwise."""
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        sock = socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            source = spec[2]
+            if source:
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source, 0))
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.wait_for(loop.sock_connect(sock, (self.host, self.port)), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        ready = loop.create_future()
+        req = self.request(spec, None if self.socketio else (spec[4] if len(spec) > 4 else None))
+        try:
+            transport, conn = await loop.create_connection(lambda: Conn(self, spec, req, ready, resume_from),
+                                                           sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            await asyncio.wait_for(ready, max(0.01, timeout - (time.monotonic() - t0)))
+        except BaseException:
+            transport.abort()
+            raise
+        conn.request = b""
+        return conn
+
     async def connect_all(self) -> None:
         cfg = self.cfg
-        loop = asyncio.get_running_loop()
         n = len(self.clients)
         concurrency = max(1, min(int(cfg.get("concurrency", 200)), n or 1))
         rate = float(cfg.get("connect_rate", 0) or 0)
@@ -531,33 +649,9 @@ class Engine:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SetupFailed("deadline", "the connect phase deadline passed")
-            timeout = min(attempt_timeout, remaining)
             t0 = time.monotonic()
-            sock = socket.socket(self.family, socket.SOCK_STREAM)
-            try:
-                source = spec[2]
-                if source:
-                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                    sock.bind((source, 0))
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await asyncio.wait_for(loop.sock_connect(sock, (self.host, self.port)), timeout)
-            except BaseException:
-                sock.close()
-                raise
-            ready = loop.create_future()
-            req = self.request(spec, None if self.socketio else (spec[4] if len(spec) > 4 else None))
-            try:
-                transport, conn = await loop.create_connection(lambda: Conn(self, spec, req, ready), sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-            try:
-                await asyncio.wait_for(ready, max(0.01, timeout - (time.monotonic() - t0)))
-            except BaseException:
-                transport.abort()
-                raise
-            conn.request = b""
+            conn = await self.open(spec, min(attempt_timeout, remaining))
+            conn.slot = len(self.conns)
             self.conns.append(conn)
             self.connect_hist.add(int((time.monotonic() - t0) * 1e6))
 
@@ -597,9 +691,8 @@ class Engine:
                 if last is not None:
                     self.failed += 1
                     self.final_failures[_reason_of(last)] += 1
-                if len(spec) > 4:
-                    spec[4] = None  # the token is not needed any more
-                    spec.pop()
+                if len(spec) > 4 and not self.cfg.get("keep_tokens"):
+                    spec.pop()  # the token is not needed any more (the storm keeps it to reconnect)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         self.emit({"ev": "connected", "ok": self.connected, "failed": self.failed,
@@ -616,7 +709,8 @@ class Engine:
     def tick(self) -> dict[str, Any]:
         return {"ev": "tick", "attempts": self.attempts, "connected": self.connected, "failed": self.failed,
                 "alive": self.alive, "deliveries": self.deliveries, "pings": self.pings_ws + self.pings_eio,
-                "dropped": sum(self.dropped.values())}
+                "dropped": sum(self.dropped.values()),
+                **(self.storm.tick() if self.storm is not None else {})}
 
     def report(self, last_seq: dict[str, int], void: dict[str, int]) -> dict[str, Any]:
         """Everything counted; ``last_seq``/``void``: per channel, the publisher's last seq and the
@@ -667,11 +761,15 @@ class Engine:
             "channels": {str(ch): [subs.get(ch, 0), received.get(ch, 0), self.gaps.get(ch, 0),
                                    self.out_of_order.get(ch, 0), missing_alive.get(ch, 0),
                                    missing_dropped.get(ch, 0)] for ch in chans},
+            "source": self.source.report() if self.source is not None else None,
+            "storm": self.storm.report() if self.storm is not None else None,
             "cpu_s": round(t.user + t.system, 3),
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
 
     def close_all(self) -> None:
+        if self.storm is not None:
+            self.storm.stop()  # no reconnects while quitting
         for conn in self.conns:
             if conn.transport is not None:
                 conn.transport.abort()
@@ -725,6 +823,11 @@ async def serve(stdin: Any = None) -> None:
             elif cmd == "mark":
                 eng.mark(msg["t0_ns"], msg.get("base") or {})
                 emit({"ev": "marked"})
+            elif cmd == "storm":
+                from fastgw.loadtest.reconnect import Storm
+
+                eng.storm = Storm(eng, msg)
+                emit({"ev": "storm", "dropped": eng.storm.start(msg.get("drop", False))})
             elif cmd == "report":
                 emit(eng.report(msg.get("last_seq") or {}, msg.get("void") or {}))
             elif cmd == "quit":
@@ -755,4 +858,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the imported module, not this __main__ copy: fastgw.loadtest.reconnect imports
+    # SetupFailed from it, and a second copy of the class would not match in except clauses
+    from fastgw.loadtest.client import main as _main
+
+    _main()

@@ -15,9 +15,10 @@
 6. every process reports, and is stopped: ``quit`` on stdin, then SIGTERM and SIGKILL
    by pid if it has not exited (also on errors and Ctrl-C).
 
-Scenarios are classes in :data:`SCENARIO_CLASSES`: ``plan()`` and ``execute(run)``. The
-``bmtc`` and ``storm`` scenarios of issue 8 slot in there (their plan exists:
-:func:`fastgw.loadtest.plan.bmtc_plan`; the publisher takes any channel of the plan).
+Scenarios are classes (:func:`scenario_class`): ``plan()``, ``client_options()`` (extra
+settings for the client processes) and ``execute(run)``. ``idle`` and ``fanout`` are here,
+``storm`` in :mod:`fastgw.loadtest.storm`, ``bmtc`` in :mod:`fastgw.loadtest.bmtc`. What a
+scenario measures beyond the common sections goes in ``outcome["scenario_report"]``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ __all__ = [
     "Target",
     "run_loadtest",
     "SCENARIO_CLASSES",
-    "PLANNED_SCENARIOS",
+    "SCENARIOS",
+    "scenario_class",
     "MAX_PER_PROCESS",
     "MAX_PER_SOURCE",
     "ClientProcess",
@@ -60,8 +62,8 @@ __all__ = [
 MAX_PER_PROCESS = 15_000
 #: connections per source address (~28,000 ephemeral ports towards one server port)
 MAX_PER_SOURCE = 25_000
-#: scenarios of issue 8 not built yet
-PLANNED_SCENARIOS = ("bmtc", "storm")
+#: every scenario, in the order the CLI lists them
+SCENARIOS = ("idle", "fanout", "bmtc", "storm")
 #: seconds between the client processes' progress ticks
 TICK_S = 0.25
 #: seconds a client process gets to say bye before SIGTERM, then before SIGKILL
@@ -101,6 +103,18 @@ class LoadtestConfig:
     connect_deadline: float = 600.0
     drain_timeout: float = 15.0
     server_pids: tuple[int, ...] = ()
+    # storm: how the clients are dropped, how they come back, what is checked
+    trigger: str = "drop"  # drop (the clients cut their connections) | kill | term (signal the gateway)
+    reconnect_base: float = 0.5  # first reconnect delay drawn from [0, base]; doubles per failed attempt
+    reconnect_cap: float = 8.0  # ceiling of the backoff
+    storm_deadline: float = 60.0  # seconds for every client to be back and resubscribed
+    outage: float = 2.0  # drop: seconds the network stays down (attempts fail at once meanwhile)
+    notifications: int = 1  # per notification user, published while the clients are away
+    # bmtc: Kafka and the simulated location reports
+    kafka: str | None = None
+    kafka_topic: str = "location-updates"
+    report_rate: float = 1000.0
+    buses: int = 1000
     report_path: str | None = None
     chart_path: str | None = None
     python: str = field(default_factory=lambda: sys.executable)
@@ -339,13 +353,16 @@ def message_template(channel: str, feed: Any = None) -> dict[str, Any]:
 
 
 class Publisher:
-    """``POST /api/publish`` with an admin token, one request at a time (per-channel order kept).
+    """``POST /api/publish`` with an admin token, one request at a time (per-channel order kept;
+    ``concurrency`` > 1 for callers that publish to different channels at once).
 
     Every message carries ``lt_ch`` (the channel's index in the plan), ``seq`` (1, 2, ...
     per channel) and ``sent_ns`` (``time.time_ns()`` just before the request is sent)."""
 
-    def __init__(self, base_url: str, token: str, channels: tuple[str, ...], url: str | None = None) -> None:
+    def __init__(self, base_url: str, token: str, channels: tuple[str, ...], url: str | None = None,
+                 concurrency: int = 1) -> None:
         self.url = url or base_url + "/api/publish"
+        self.concurrency = concurrency
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.channels = channels
         self.templates: dict[int, dict[str, Any]] = {}
@@ -365,7 +382,8 @@ class Publisher:
         import aiohttp
 
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0),
-                                             connector=aiohttp.TCPConnector(limit=1, force_close=False))
+                                             connector=aiohttp.TCPConnector(limit=self.concurrency,
+                                                                            force_close=False))
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -465,6 +483,8 @@ class Run:
         self.timeline: list[list[float]] = []
         self.t_start = time.monotonic()
         self.connect_result: dict[str, Any] = {}
+        #: the scenario's extra settings for the client processes (``Scenario.client_options``)
+        self.client_options: dict[str, Any] = {}
 
     # --- gateway processes
     def find_server(self) -> None:
@@ -490,7 +510,7 @@ class Run:
             j = spec.index // P  # the process's own count: spreads each process over all sources
             source = self.sources[j % S] if S else ""
             slices[spec.index % P].append([spec.user_id, spec.profile, source, list(spec.channels)])
-        base = {"protocol": cfg.protocol, "host": self.target.host, "port": self.target.port,
+        base = {**self.client_options, "protocol": cfg.protocol, "host": self.target.host, "port": self.target.port,
                 "host_header": self.target.host_header, "secret": cfg.jwt_secret, "token_ttl": cfg.token_ttl,
                 "channels": list(plan.channels), "concurrency": cfg.concurrency,
                 "connect_rate": cfg.connect_rate / P if cfg.connect_rate > 0 else 0, "retries": cfg.retries,
@@ -588,6 +608,17 @@ class Scenario:
     def plan(self) -> plans.Plan:
         raise NotImplementedError
 
+    def client_options(self) -> dict[str, Any]:
+        """Extra settings sent to every client process (``fastgw.loadtest.client.Engine``)."""
+        return {}
+
+    def check(self) -> None:
+        """Refuse a bad configuration of this scenario (``ValueError``) before anything starts."""
+
+    def finish(self, run: Run, outcome: dict[str, Any], children: list[dict[str, Any]]) -> None:
+        """After the client processes reported: put the scenario's own figures, summary rows
+        and problems in ``outcome["scenario_report"]`` (``children``: the processes' reports)."""
+
     async def execute(self, run: Run) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -656,6 +687,21 @@ class FanoutScenario(Scenario):
 SCENARIO_CLASSES: dict[str, type[Scenario]] = {"idle": IdleScenario, "fanout": FanoutScenario}
 
 
+def scenario_class(name: str) -> type[Scenario]:
+    """The class of scenario ``name`` (``storm`` and ``bmtc`` live in their own modules)."""
+    if name == "storm":
+        from fastgw.loadtest.storm import StormScenario
+
+        return StormScenario
+    if name == "bmtc":
+        from fastgw.loadtest.bmtc import BmtcScenario
+
+        return BmtcScenario
+    if name in SCENARIO_CLASSES:
+        return SCENARIO_CLASSES[name]
+    raise ValueError(f"unknown scenario {name!r}; available: {', '.join(SCENARIOS)}")
+
+
 def admin_token(cfg: LoadtestConfig) -> str:
     if cfg.admin_token:
         return cfg.admin_token
@@ -680,11 +726,7 @@ def publish_url(cfg: LoadtestConfig) -> str | None:
 
 def check_config(cfg: LoadtestConfig) -> None:
     """Everything that can be refused before anything starts (``ValueError``)."""
-    if cfg.scenario in PLANNED_SCENARIOS:
-        raise ValueError(f"scenario {cfg.scenario!r} is planned (issue 8) but not built yet; "
-                         f"available: {', '.join(SCENARIO_CLASSES)}")
-    if cfg.scenario not in SCENARIO_CLASSES:
-        raise ValueError(f"unknown scenario {cfg.scenario!r}; available: {', '.join(SCENARIO_CLASSES)}")
+    scenario_class(cfg.scenario)(cfg).check()  # ValueError for an unknown scenario or a bad setting
     if cfg.protocol not in ("native", "socketio"):
         raise ValueError("protocol must be native or socketio")
     if cfg.clients < 1:
@@ -716,10 +758,11 @@ async def run_loadtest(cfg: LoadtestConfig, progress: Any = None) -> dict[str, A
 
     check_config(cfg)
     progress = progress or NullProgress()
-    scenario = SCENARIO_CLASSES[cfg.scenario](cfg)
+    scenario = scenario_class(cfg.scenario)(cfg)
     target = resolve_target(cfg.url)
     plan = scenario.plan()
     run = Run(cfg, target, plan, progress)
+    run.client_options = scenario.client_options()
     started_utc = time.time()
     run.find_server()
     run.sample("before")
@@ -734,6 +777,7 @@ async def run_loadtest(cfg: LoadtestConfig, progress: Any = None) -> dict[str, A
         outcome = await scenario.execute(run)
         run.sample("end")
         children = await run.collect(outcome.get("last_seq", {}), outcome.get("void", {}))
+        scenario.finish(run, outcome, children)
     finally:
         progress.close()
         await run.stop_clients()

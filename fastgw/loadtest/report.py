@@ -207,12 +207,17 @@ def build_report(*, cfg: dict[str, Any], plan: Any, run: Any, outcome: dict[str,
     if publishes:
         if lost_alive + lost_dropped:
             problems.append(f"{lost_alive + lost_dropped} deliveries lost")
-        if outcome["publisher"]["errors"]:
-            problems.append(f"{outcome['publisher']['errors']} publish requests failed")
+        # (a scenario that retries a failed publish until it is accepted says how many it retried)
+        unretried = outcome["publisher"]["errors"] - outcome["publisher"].get("errors_retried", 0)
+        if unretried > 0:
+            problems.append(f"{unretried} publish requests failed")
         if totals["malformed"]:
             problems.append(f"{totals['malformed']} malformed deliveries")
     if not children:
         problems.append("the client processes did not report")
+    scenario_report = outcome.get("scenario_report")
+    if scenario_report:
+        problems.extend(scenario_report.get("problems", ()))
 
     clients = [{"pid": c["pid"], "clients": c["clients"], "connected": c["connected"], "cpu_s": c["cpu_s"],
                 "maxrss_mb": round(c["maxrss_kb"] / 1024, 1)} for c in children]
@@ -238,6 +243,9 @@ def build_report(*, cfg: dict[str, Any], plan: Any, run: Any, outcome: dict[str,
         "server": server,
         "delivery": delivery,
         "idle": {"held_s": outcome.get("held_s")} if "held_s" in outcome else None,
+        # what the scenario measures beyond the common sections (storm, bmtc): its own
+        # figures, its "rows" for the summary table and its "problems"
+        "scenario_report": scenario_report,
         "latency_per_second": series,
         "latency_histogram_us": latency.to_dict(),
         "timeline": {"columns": ["t_s", "alive", "deliveries", "server_rss_bytes"], "rows": run.timeline},
@@ -280,10 +288,13 @@ def _server_section(run: Any, connected: int, deliveries: int) -> dict[str, Any]
         out["cpu_connect_s"] = round(cpu_after - cpu_before, 3)
         if connected:
             out["cpu_per_connection_us"] = round((cpu_after - cpu_before) / connected * 1e6, 1)
-    if cpu_after is not None and cpu_end is not None:
+    same_processes = set(run.samples.get("after_connect", {})) == set(run.samples.get("end", {}))
+    if cpu_after is not None and cpu_end is not None and same_processes:
         out["cpu_run_s"] = round(cpu_end - cpu_after, 3)
         if deliveries:
             out["cpu_per_delivery_us"] = round((cpu_end - cpu_after) / deliveries * 1e6, 3)
+    elif not same_processes:  # restarted (storm --trigger kill/term): CPU over the run not comparable
+        out["restarted"] = True
     out["note"] = ("RSS is VmRSS of /proc/<pid>/status summed over the gateway processes; per connection = "
                    "(after connecting - before) / connected clients, meaningful against a freshly started "
                    "gateway (memory freed by earlier clients is reused without raising RSS); CPU is "
@@ -429,5 +440,7 @@ def render_table(report: dict[str, Any], console: Any = None) -> None:
             row("gateway CPU per delivery", f"{s['cpu_per_delivery_us']} µs")
     if report.get("idle"):
         row("held", f"{report['idle']['held_s']} s")
+    for name, value in (report.get("scenario_report") or {}).get("rows", ()):
+        row(name, value)
     row("result", "OK" if report["ok"] else "; ".join(report["problems"]))
     console.print(table)
