@@ -104,6 +104,17 @@ def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     return head + key + body
 
 
+def merge_seqs(into: dict[int, list[int]], more: dict[int, list[int]]) -> None:
+    """Per channel ``[last seq, received]`` of ``more`` added to ``into`` (one client's connections)."""
+    for ch, (last, got) in more.items():
+        st = into.get(ch)
+        if st is None:
+            into[ch] = [last, got]
+        else:
+            st[0] = max(st[0], last)
+            st[1] += got
+
+
 class SetupFailed(Exception):
     """A connection attempt failed; ``reason`` is a short category (``http_503``, ``timeout``, ...)."""
 
@@ -532,6 +543,9 @@ class Engine:
         self.messages: dict[int, list[int]] = {}
         self.gaps: dict[int, int] = {}
         self.out_of_order: dict[int, int] = {}
+        #: user id -> per channel [last seq, received] of connection attempts given up after
+        #: messages had arrived (a replay, then a timeout): merged into its next connection
+        self.orphans: dict[str, dict[int, list[int]]] = {}
         # storm (``fastgw.loadtest.reconnect``): armed by the ``storm`` command
         self.storm: Any = None
         #: user id -> sessionId of its latest welcome (to ``resume``)
@@ -543,7 +557,8 @@ class Engine:
         self.reconnect_advice = 0
         #: the scenario's counter of channel messages it did not publish itself, or None:
         #: ``cfg["source_module"]`` names a module with ``SourceCounter(engine)`` (``frame(conn,
-        #: payload, now_ns)``, ``report() -> dict``), e.g. ``fastgw.loadtest.bmtc``
+        #: payload, now_ns)``, ``tick() -> dict`` merged into the ticks, ``report() -> dict``),
+        #: e.g. ``fastgw.loadtest.bmtc``
         self.source: Any = None
         if cfg.get("source_module"):
             import importlib
@@ -628,8 +643,15 @@ class Engine:
             await asyncio.wait_for(ready, max(0.01, timeout - (time.monotonic() - t0)))
         except BaseException:
             transport.abort()
+            if conn.seqs:  # it got messages before it was given up: they count for the client
+                merge_seqs(self.orphans.setdefault(spec[0], {}), conn.seqs)
             raise
         conn.request = b""
+        orphan = self.orphans.pop(spec[0], None)
+        if orphan:
+            if conn.seqs is None:
+                conn.seqs = {}
+            merge_seqs(conn.seqs, orphan)
         return conn
 
     async def connect_all(self) -> None:
@@ -710,7 +732,8 @@ class Engine:
         return {"ev": "tick", "attempts": self.attempts, "connected": self.connected, "failed": self.failed,
                 "alive": self.alive, "deliveries": self.deliveries, "pings": self.pings_ws + self.pings_eio,
                 "dropped": sum(self.dropped.values()),
-                **(self.storm.tick() if self.storm is not None else {})}
+                **(self.storm.tick() if self.storm is not None else {}),
+                **(self.source.tick() if self.source is not None else {})}
 
     def report(self, last_seq: dict[str, int], void: dict[str, int]) -> dict[str, Any]:
         """Everything counted; ``last_seq``/``void``: per channel, the publisher's last seq and the

@@ -13,7 +13,8 @@ requests" and "Session resume"):
    mean it is resubscribed; an unknown session (a gateway that crashed) means it subscribes
    to each of its channels again;
 4. a failed attempt doubles the delay bound (``base`` · 2ⁿ, at most ``cap``; the delay is
-   drawn in ``[0, bound]``), and a ``Retry-After`` from a 503/429 is honoured up to ``cap``;
+   drawn in ``[0, bound]``); a ``Retry-After`` from a 503/429 (up to ``cap``) comes first,
+   the jitter on top;
 5. it gives up at ``t0 + deadline_s``.
 
 What is counted: how many clients were lost, came back, gave up; for each that came back,
@@ -121,7 +122,9 @@ class Storm:
                 failed += 1
                 bound = min(self.cap, self.base * 2 ** failed)
                 retry_after = exc.retry_after if isinstance(exc, SetupFailed) else 0.0
-                delay = max(min(retry_after, self.cap), self.rng.uniform(0.0, bound))
+                # the gateway's Retry-After, plus jitter: clients told the same delay must not
+                # come back in step
+                delay = min(retry_after, self.cap) + self.rng.uniform(0.0, bound)
         conn.slot = slot
         _carry_over(old, conn)
         if 0 <= slot < len(eng.conns):
@@ -155,17 +158,10 @@ class Storm:
 
 
 def _carry_over(old: "Conn", new: "Conn") -> None:
-    """What the client received on its old connection counts for it too: per channel the
-    highest seq and the number received, merged with what the new one already got."""
-    if not old.seqs:
-        return
-    if new.seqs is None:
-        new.seqs = old.seqs
-        return
-    for ch, (last, got) in old.seqs.items():
-        st = new.seqs.get(ch)
-        if st is None:
-            new.seqs[ch] = [last, got]
-        else:
-            st[0] = max(st[0], last)
-            st[1] += got
+    """What the client received on its old connection counts for it too."""
+    from fastgw.loadtest.client import merge_seqs
+
+    if old.seqs:
+        if new.seqs is None:
+            new.seqs = {}
+        merge_seqs(new.seqs, old.seqs)
