@@ -10,13 +10,14 @@ import asyncio
 import logging
 import secrets
 import socket
+import time
 from types import ModuleType
 from typing import Any, Callable
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from fastgw import admin, influx, logs, metrics, security
+from fastgw import admin, influx, logs, metrics, native_ws, security
 from fastgw import core as default_core
 from fastgw.auth import AuthError, Authenticator, token_from_request_parts
 from fastgw.channels import Access, Channel, InvalidChannel, Principal, can_subscribe, parse_channel
@@ -35,7 +36,7 @@ from fastgw.profiles import (
     profile_for_connection_type,
 )
 from fastgw.protocol import native
-from fastgw.ratelimit import ConnectionLimiter, TokenBucket
+from fastgw.ratelimit import ConnectionLimiter
 from fastgw.recovery import Recovery
 from fastgw.responses import NoResponse
 from fastgw.stats import CloseReason, Stats
@@ -92,6 +93,8 @@ class Gateway:
             audience=config.jwt_audience,
         )
         self.connections: set[Connection] = set()
+        #: Native WebSocket clients, from the upgrade until unregistered (``fastgw.native_ws``).
+        self._native: set[native_ws.NativeWebSocket] = set()
         self.limiter = ConnectionLimiter(config.connect_rate_per_ip, config.connect_burst_per_ip,
                                          config.connect_rate, config.connect_burst)
         self.draining = False
@@ -161,6 +164,7 @@ class Gateway:
         await site.start()
         await self._start_handoff()
         self._tasks.append(asyncio.create_task(admin.stats_stream(self), name="fastgw-stats-stream"))
+        self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="fastgw-heartbeat"))
         if cfg.influx_url:
             self._tasks.append(asyncio.create_task(influx.push_forever(self), name="fastgw-influx"))
         if cfg.simulator:
@@ -247,6 +251,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # handlers finish: sessions saved for resume elsewhere
             self._runner = None
+        # native WebSockets end when their transports close (at the latest after the grace)
+        await self._wait_native_closed(self.config.slow_close_grace + KAFKA_STOP_TIMEOUT)
         if self._background:
             await asyncio.wait(set(self._background), timeout=KAFKA_STOP_TIMEOUT)
         await self.engine.close()
@@ -272,6 +278,9 @@ class Gateway:
         return None
 
     async def _handle_ws(self, request: web.Request) -> web.StreamResponse:
+        """The upgrade to a native WebSocket. Once accepted, the connection leaves aiohttp:
+        the ``101`` is written here and a ``native_ws.NativeWebSocket`` takes the
+        transport (``fastgw.native_ws``: nothing of aiohttp is kept per client)."""
         cfg = self.config
         refusal = self._admit(request)
         if refusal is not None:
@@ -286,37 +295,61 @@ class Gateway:
             profile = get_profile(request.query.get("profile", "full"))
         except UnknownProfile as exc:
             return _bad_request(str(exc))
-
-        ws = web.WebSocketResponse(
-            heartbeat=cfg.heartbeat,
-            max_msg_size=cfg.max_frame_size,
-            protocols=(ZSTD_SUBPROTOCOL,),
-            # permessage-deflate if the client offers it: the gateway compresses each
-            # message on its own (no context takeover), so one frame still serves many.
-            compress=True,
-        )
-        self._upgrading += 1
-        try:
-            await ws.prepare(request)
-        except ConnectionResetError:  # the client left during the handshake: nothing to log
+        # the subprotocol (zstd); permessage-deflate if the client offers it: the gateway
+        # compresses each message on its own (no context takeover), so one frame still
+        # serves many
+        handshake = native_ws.negotiate(request, (ZSTD_SUBPROTOCOL,))
+        detached = native_ws.detach(request)
+        if detached is None:  # the client left during the handshake: nothing to log
             return NoResponse()
-        finally:
-            self._upgrading -= 1
-        transport = request.transport
-        if transport is None:  # client vanished during the handshake
-            return ws
-
-        encoding = Encoding(profile, _negotiated_compression(ws))
+        transport, tail, paused = detached
+        transport.write(handshake.response)
+        encoding = Encoding(profile, _negotiated_compression(handshake))
         conn = self.new_connection(principal, transport, encoding, request.query.get("device"))
-        opened_at = self.register(conn)
-        try:
-            conn.send(self._welcome(conn))
-            await self._read_loop(ws, conn)
-        finally:
-            session = self.unregister(conn, opened_at)
-            if session is not None:
-                await self.recovery.save(conn.session_id, session)
-        return ws
+        protocol = native_ws.NativeWebSocket(self, conn, transport, compress=bool(handshake.compress),
+                                             max_size=cfg.max_frame_size)
+        transport.set_protocol(protocol)
+        self._native.add(protocol)
+        protocol.opened_at = self.register(conn)
+        conn.send(self._welcome(conn))
+        if paused:
+            transport.resume_reading()
+        if tail:  # frames the client sent right behind its request
+            protocol.data_received(tail)
+        return NoResponse()
+
+    def native_closed(self, protocol: native_ws.NativeWebSocket) -> None:
+        """A native WebSocket is over (transport closed, no command running): count it
+        out, and save its session for a resume elsewhere."""
+        if protocol not in self._native:
+            return
+        self._native.discard(protocol)
+        conn = protocol.conn
+        session = self.unregister(conn, protocol.opened_at)
+        if session is not None:
+            self.spawn(self.recovery.save(conn.session_id, session))
+
+    async def _heartbeat_forever(self) -> None:
+        """Ping silent native clients, close those that do not answer (``native_ws.sweep``)."""
+        heartbeat = self.config.heartbeat
+        interval = native_ws.sweep_interval(heartbeat)
+        while True:
+            await asyncio.sleep(interval)
+            if self._native:
+                native_ws.sweep(self._native, time.monotonic(), heartbeat)
+
+    async def _wait_native_closed(self, timeout: float) -> None:
+        """Stop: wait until every native WebSocket is over (its session saved), then
+        give up on the commands still running."""
+        deadline = time.monotonic() + timeout
+        while self._native and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for protocol in list(self._native):
+            protocol.abandon()
+        await asyncio.sleep(0)
+        for protocol in list(self._native):  # still there: its transport never reported the close
+            protocol.transport.abort()
+            self.native_closed(protocol)
 
     def new_connection(self, principal: Principal, transport: Any, encoding: Encoding, device: str | None,
                        session_id: str | None = None) -> Connection:
@@ -367,40 +400,6 @@ class Gateway:
             conn.session_id, iso_now(), self.config.heartbeat,
             conn.encoding.profile.name, round(conn.window * 1000), compression,
         )
-
-    async def _read_loop(self, ws: web.WebSocketResponse, conn: Connection) -> None:
-        cfg = self.config
-        bucket = TokenBucket(cfg.client_rate, cfg.client_burst)
-        strikes = 0
-        async for msg in ws:
-            if conn.close_reason is not None:
-                return
-            if msg.type is WSMsgType.TEXT:
-                text = msg.data
-            elif msg.type is WSMsgType.BINARY:
-                text, close_code, reason = self._binary_command(conn, msg.data)
-                if text is None:
-                    conn.close_reason = CloseReason.PROTOCOL
-                    await ws.close(code=close_code, message=reason.encode())
-                    return
-            elif msg.type is WSMsgType.ERROR:
-                # aiohttp has already closed the socket: with 1009 for an oversized
-                # frame, 1002 for a malformed one, or dropped it for a missing pong.
-                timed_out = isinstance(ws.exception(), asyncio.TimeoutError)
-                conn.close_reason = CloseReason.HEARTBEAT_TIMEOUT if timed_out else CloseReason.PROTOCOL
-                return
-            else:
-                continue
-            if bucket.take():
-                await self._handle_command(conn, text)
-                continue
-            strikes += 1
-            self.stats.limited["requests"] += 1
-            conn.send(native.error(None, "rate_limited", f"more than {cfg.client_rate:g} requests/s"))
-            if strikes >= cfg.client_strikes:
-                conn.close_reason = CloseReason.FLOOD
-                await ws.close(code=CLOSE_POLICY_VIOLATION, message=b"too many requests")
-                return
 
     def _binary_command(self, conn: Connection, data: bytes) -> tuple[str | None, int, str]:
         """A binary client frame: a zstd-compressed command on zstd connections, else refused.
@@ -639,10 +638,10 @@ class Gateway:
         )
 
 
-def _negotiated_compression(ws: web.WebSocketResponse) -> Compression:
-    if ws.ws_protocol == ZSTD_SUBPROTOCOL:
+def _negotiated_compression(handshake: native_ws.Handshake) -> Compression:
+    if handshake.protocol == ZSTD_SUBPROTOCOL:
         return Compression.ZSTD
-    if ws.compress:
+    if handshake.compress:
         return Compression.DEFLATE
     return Compression.NONE
 
