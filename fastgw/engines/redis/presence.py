@@ -13,7 +13,9 @@ for long:
 
 Every write goes through the link's command batch: a connect, a disconnect or a
 subscribe costs at most one round trip, shared with everything else of that
-loop turn. Connection keys are refreshed once per heartbeat period for all of
+loop turn. A channel's subscriber count is written once per loop turn (its
+latest value): in a reconnect storm many clients of one turn join the same few
+channels, and one ``HSET`` per join was a quarter of all Redis commands. Connection keys are refreshed once per heartbeat period for all of
 this node's connections, in pipelines.
 """
 
@@ -61,6 +63,8 @@ class RedisPresence:
         self._local_channels: Callable[[], dict[str, int]] = dict
         self._local_connections: Callable[[], list[Any]] = list
         self._connections = 0
+        #: channel -> this node's latest subscriber count, not written yet
+        self._counts: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_full_refresh = 0.0
 
@@ -81,11 +85,19 @@ class RedisPresence:
             self.link.batch.fire("ZREM", self.keys.presence(user_id), session_id)
 
     def count_changed(self, channel: str, local_subscribers: int) -> None:
-        key = self.keys.subscribers(channel)
-        if local_subscribers:
-            self.link.batch.fire("HSET", key, self.node_id, local_subscribers)
-        else:
-            self.link.batch.fire("HDEL", key, self.node_id)
+        if not self._counts:  # the first change of this loop turn: write them all at its end
+            asyncio.get_running_loop().call_soon(self._write_counts)
+        self._counts[channel] = local_subscribers
+
+    def _write_counts(self) -> None:
+        counts, self._counts = self._counts, {}
+        fire = self.link.batch.fire
+        for channel, local_subscribers in counts.items():
+            key = self.keys.subscribers(channel)
+            if local_subscribers:
+                fire("HSET", key, self.node_id, local_subscribers)
+            else:
+                fire("HDEL", key, self.node_id)
 
     def _write_connection(self, session_id: str, user_id: str | None, device: str, fire: Any = None) -> None:
         fire = fire or self.link.batch.fire
@@ -103,6 +115,7 @@ class RedisPresence:
         key = self.keys.subscribers(channel)
         try:
             if local_subscribers:
+                self._counts.pop(channel, None)  # written now
                 self.link.batch.fire("HSET", key, self.node_id, local_subscribers)
             counts = await self.link.batch.call("HGETALL", key)
         except Unavailable:
