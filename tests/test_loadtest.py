@@ -422,7 +422,12 @@ async def test_an_interrupted_run_stops_its_client_processes(serve, tmp_path, si
         assert len(kids) == 2
         await asyncio.sleep(1.5)  # connecting or holding
         os.kill(proc.pid, sig)
-        out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        try:
+            out, err = await asyncio.to_thread(proc.communicate, timeout=30)
+        except subprocess.TimeoutExpired:  # say where it hung
+            os.kill(proc.pid, signal.SIGKILL)
+            out, err = await asyncio.to_thread(proc.communicate, timeout=10)
+            raise AssertionError(f"the controller did not stop within 30 s of the signal:\n{err[-3000:]}") from None
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)

@@ -58,7 +58,7 @@ from typing import Any
 import orjson
 
 from fastgw.loadtest import plan as plans
-from fastgw.loadtest.controller import Run, Scenario, admin_token
+from fastgw.loadtest.controller import Run, Scenario, admin_token, next_event
 from fastgw.loadtest.histogram import N_BUCKETS, Histogram, bucket_of
 from fastgw.loadtest.producer import WARM_PREFIX
 
@@ -320,7 +320,7 @@ class ProducerProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"producer {self.pid}: no {ev!r} within {timeout:g}s")
-            event = await asyncio.wait_for(self.events.get(), remaining)
+            event = await next_event(self.events, remaining)
             if event.get("ev") == ev:
                 return event
             if event.get("ev") == "error":

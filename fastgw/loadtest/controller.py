@@ -193,6 +193,22 @@ def choose_processes(requested: int, clients: int) -> int:
 # --------------------------------------------------------------------------- client processes
 
 
+async def next_event(events: "asyncio.Queue[dict[str, Any]]", timeout: float) -> dict[str, Any]:
+    """The next item of ``events`` within ``timeout`` seconds (``TimeoutError`` otherwise).
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives just as
+    the item does, and a Ctrl-C then would not stop the run."""
+    getting = asyncio.ensure_future(events.get())
+    try:
+        done, _ = await asyncio.wait((getting,), timeout=timeout)
+    finally:
+        if not getting.done():
+            getting.cancel()
+    if not done:
+        raise TimeoutError(f"nothing within {timeout:g}s")
+    return getting.result()
+
+
 class ClientProcess:
     """One ``python -m fastgw.loadtest.client`` child: its pipes, ticks and replies."""
 
@@ -267,7 +283,7 @@ class ClientProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"client process {self.pid}: no {ev!r} within {timeout:g}s")
-            event = await asyncio.wait_for(self.events.get(), remaining)
+            event = await next_event(self.events, remaining)
             if event.get("ev") == ev:
                 return event
             if event.get("ev") == "exited":
