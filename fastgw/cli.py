@@ -432,7 +432,11 @@ def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: 
         controller.check_config(cfg)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    import faulthandler
+
     import uvloop
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where is it?
 
     async def run() -> dict:
         # SIGTERM as Ctrl-C: cancel the run, whose cleanup stops the client processes by pid

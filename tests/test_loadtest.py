@@ -424,7 +424,9 @@ async def test_an_interrupted_run_stops_its_client_processes(serve, tmp_path, si
         os.kill(proc.pid, sig)
         try:
             out, err = await asyncio.to_thread(proc.communicate, timeout=30)
-        except subprocess.TimeoutExpired:  # say where it hung
+        except subprocess.TimeoutExpired:  # say where it hung (the CLI dumps its stacks on SIGUSR1)
+            os.kill(proc.pid, signal.SIGUSR1)
+            await asyncio.sleep(0.5)
             os.kill(proc.pid, signal.SIGKILL)
             out, err = await asyncio.to_thread(proc.communicate, timeout=10)
             raise AssertionError(f"the controller did not stop within 30 s of the signal:\n{err[-3000:]}") from None
