@@ -439,10 +439,14 @@ def loadtest(scenario_arg: str | None, scenario: str | None, url: str, clients: 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where is it?
 
     async def run() -> dict:
-        # SIGTERM as Ctrl-C: cancel the run, whose cleanup stops the client processes by pid
+        # Ctrl-C and SIGTERM cancel the run, whose cleanup stops the client processes by pid.
+        # Installed here, not left to asyncio.Runner: a process started in the background by
+        # a non-interactive shell inherits SIGINT ignored, and Runner then leaves it ignored.
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
         return await controller.run_loadtest(cfg, make_progress(progress))
 
     try:
