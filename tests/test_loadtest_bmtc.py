@@ -8,16 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from types import SimpleNamespace
 
-import aiohttp
 import orjson
 import pytest
 
@@ -26,45 +19,13 @@ from fastgw.loadtest.controller import LoadtestConfig, check_config, run_loadtes
 from fastgw.loadtest.histogram import Histogram
 from fastgw.processing.times import iso_ms
 from tests.conftest import SECRET
+from tests.test_loadtest import Serve
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class KafkaServe:
-    """``python -m fastgw serve --kafka ...`` on a free loopback port; stopped by pid."""
-
-    def __init__(self, bootstrap: str, topic: str, group: str, *args: str) -> None:
-        self.port = free_port()
-        argv = [sys.executable, "-m", "fastgw", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--no-simulator", "--jwt-secret", SECRET, "--connect-rate", "0", "--connect-rate-per-ip", "0",
-                "--kafka", bootstrap, "--kafka-topic", f"location={topic}", "--kafka-group-prefix", group,
-                "--kafka-dlq-topic", f"{group}.dlq", *args]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FASTGW_")}
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-
-    async def ready(self, timeout: float = 30.0) -> "KafkaServe":
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, "the gateway exited"
-                try:
-                    async with s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
-                        if r.status == 200:
-                            return self
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("gateway not ready")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+def kafka_serve(bootstrap: str, topic: str, group: str) -> Serve:
+    """``python -m fastgw serve --kafka ...`` on a free loopback port (stopped by pid: ``stop()``)."""
+    return Serve("--kafka", bootstrap, "--kafka-topic", f"location={topic}", "--kafka-group-prefix", group,
+                 "--kafka-dlq-topic", f"{group}.dlq")
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
@@ -87,9 +48,9 @@ async def test_bmtc_scenario_end_to_end(kafka_bootstrap, tmp_path):
     run_id = f"ltb{uuid.uuid4().hex[:8]}"
     topic = f"{run_id}.location"
     await create_topic(kafka_bootstrap, topic)
-    gw = KafkaServe(kafka_bootstrap, topic, run_id)
+    gw = kafka_serve(kafka_bootstrap, topic, run_id)
     try:
-        await gw.ready()
+        await gw.ready(30.0)
         cfg = LoadtestConfig(scenario="bmtc", url=f"http://127.0.0.1:{gw.port}", clients=200, jwt_secret=SECRET,
                              kafka=kafka_bootstrap, kafka_topic=topic, report_rate=200, duration=3.0,
                              sources="none", processes=1, profile_mix="full=3,cellular=1",

@@ -49,16 +49,13 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
-import os
-import signal
 import sys
 import time
 from typing import Any
 
-import orjson
-
 from fastgw.loadtest import plan as plans
-from fastgw.loadtest.controller import Run, Scenario, admin_token, next_event
+from fastgw.loadtest.child import ChildProcess
+from fastgw.loadtest.controller import Run, Scenario, admin_token
 from fastgw.loadtest.histogram import N_BUCKETS, Histogram, bucket_of
 from fastgw.loadtest.producer import WARM_PREFIX
 
@@ -252,105 +249,30 @@ class SourceCounter:
 # =========================================================================== controller side
 
 
-class ProducerProcess:
+class ProducerProcess(ChildProcess):
     """``python -m fastgw.loadtest.producer``: its pipes and events; stopped by pid."""
 
+    module = "fastgw.loadtest.producer"
+    label = "producer"
+    stop_grace = (10.0, 5.0, 5.0)  # after ``quit`` it flushes and closes its Kafka producer
+
     def __init__(self, python: str) -> None:
-        self.python = python
-        self.proc: asyncio.subprocess.Process | None = None
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        super().__init__(python)
         self.produced = 0
         self.done: dict[str, Any] | None = None
-        self.stderr_tail: list[str] = []
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     async def start(self, config: dict[str, Any]) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "fastgw.loadtest.producer", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
-        self._tasks = [asyncio.ensure_future(self._read_stdout()), asyncio.ensure_future(self._read_stderr())]
+        await self.spawn()
         await self.send(config)
 
-    async def _read_stdout(self) -> None:
-        assert self.proc and self.proc.stdout
-        try:
-            while True:
-                line = await self.proc.stdout.readline()
-                if not line:
-                    break
-                try:
-                    event = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    self._tail(line.decode("utf-8", "replace"))
-                    continue
-                if event.get("ev") == "tick":
-                    self.produced = int(event.get("produced", 0))
-                    continue
-                if event.get("ev") == "done":
-                    self.done = event
-                    self.produced = int(event.get("sent", 0))
-                self.events.put_nowait(event)
-        finally:
-            self.events.put_nowait({"ev": "exited"})
-
-    async def _read_stderr(self) -> None:
-        assert self.proc and self.proc.stderr
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                break
-            self._tail(line.decode("utf-8", "replace"))
-
-    def _tail(self, line: str) -> None:
-        self.stderr_tail.append(line.rstrip())
-        del self.stderr_tail[:-30]
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        assert self.proc and self.proc.stdin
-        self.proc.stdin.write(orjson.dumps(obj) + b"\n")
-        await self.proc.stdin.drain()
-
-    async def wait(self, ev: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"producer {self.pid}: no {ev!r} within {timeout:g}s")
-            event = await next_event(self.events, remaining)
-            if event.get("ev") == ev:
-                return event
-            if event.get("ev") == "error":
-                raise RuntimeError(f"producer: {event.get('message')}")
-            if event.get("ev") == "exited":
-                tail = "\n".join(self.stderr_tail[-15:])
-                raise RuntimeError(f"producer {self.pid} exited while waiting for {ev!r}:\n{tail}")
-
-    async def stop(self) -> None:
-        """``quit``, then SIGTERM, then SIGKILL, by pid (each wait bounded)."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.send({"cmd": "quit"}), 1.0)
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10.0 if sig is None else 5.0)
-                    break
-                except asyncio.TimeoutError:
-                    continue
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(Exception):
-            if proc.stdin:
-                proc.stdin.close()
+    def on_event(self, event: dict[str, Any]) -> bool:
+        if event.get("ev") == "tick":
+            self.produced = int(event.get("produced", 0))
+            return False
+        if event.get("ev") == "done":
+            self.done = event
+            self.produced = int(event.get("sent", 0))
+        return True
 
 
 async def gateway_stats(base_url: str, token: str | None) -> dict[str, Any] | None:

@@ -56,13 +56,13 @@ import os
 import random
 import resource
 import socket
-import sys
 import time
 from collections import Counter
 from typing import Any, Callable
 
 import orjson
 
+from fastgw.loadtest.child import stdio_channel
 from fastgw.loadtest.histogram import N_BUCKETS, Histogram, bucket_of
 
 __all__ = ["Engine", "Conn", "SetupFailed", "masked_frame", "MARK", "main"]
@@ -197,6 +197,13 @@ class Conn(asyncio.Protocol):
         self.resume_from = resume_from
         #: a draining gateway's ``reconnect`` advice, ms (0: none)
         self.retry_after_ms = 0
+
+    def take_over(self, seqs: dict[int, list[int]] | None) -> None:
+        """Count what this client received on an earlier connection as received here too."""
+        if seqs:
+            if self.seqs is None:
+                self.seqs = {}
+            merge_seqs(self.seqs, seqs)
 
     # --- asyncio.Protocol -------------------------------------------------
 
@@ -647,11 +654,7 @@ class Engine:
                 merge_seqs(self.orphans.setdefault(spec[0], {}), conn.seqs)
             raise
         conn.request = b""
-        orphan = self.orphans.pop(spec[0], None)
-        if orphan:
-            if conn.seqs is None:
-                conn.seqs = {}
-            merge_seqs(conn.seqs, orphan)
+        conn.take_over(self.orphans.pop(spec[0], None))
         return conn
 
     async def connect_all(self) -> None:
@@ -812,15 +815,7 @@ def raise_nofile_limit() -> int:
 
 async def serve(stdin: Any = None) -> None:
     """Read the configuration and commands from stdin; run until ``quit`` or EOF."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=256 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin or sys.stdin)
-    out = sys.stdout.buffer
-
-    def emit(obj: dict[str, Any]) -> None:
-        out.write(orjson.dumps(obj) + b"\n")
-        out.flush()
-
+    reader, emit = await stdio_channel(256 * 1024 * 1024, stdin)
     first = await reader.readline()
     if not first:
         return

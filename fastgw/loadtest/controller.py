@@ -24,16 +24,13 @@ scenario measures beyond the common sections goes in ``outcome["scenario_report"
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import math
 import os
 import resource
-import signal
 import socket
 import sys
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -42,6 +39,7 @@ import orjson
 
 from fastgw.loadtest import plan as plans
 from fastgw.loadtest import procstats
+from fastgw.loadtest.child import ChildProcess
 from fastgw.loadtest.histogram import Histogram
 from fastgw.messages import iso_from_epoch
 
@@ -193,47 +191,23 @@ def choose_processes(requested: int, clients: int) -> int:
 # --------------------------------------------------------------------------- client processes
 
 
-async def next_event(events: "asyncio.Queue[dict[str, Any]]", timeout: float) -> dict[str, Any]:
-    """The next item of ``events`` within ``timeout`` seconds (``TimeoutError`` otherwise).
-
-    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives just as
-    the item does, and a Ctrl-C then would not stop the run."""
-    getting = asyncio.ensure_future(events.get())
-    try:
-        done, _ = await asyncio.wait((getting,), timeout=timeout)
-    finally:
-        if not getting.done():
-            getting.cancel()
-    if not done:
-        raise TimeoutError(f"nothing within {timeout:g}s")
-    return getting.result()
-
-
-class ClientProcess:
+class ClientProcess(ChildProcess):
     """One ``python -m fastgw.loadtest.client`` child: its pipes, ticks and replies."""
 
+    module = "fastgw.loadtest.client"
+    label = "client process"
+    line_limit = 512 * 1024 * 1024
+    stop_grace = (STOP_GRACE_S, STOP_GRACE_S, STOP_GRACE_S)
+
     def __init__(self, index: int, config: dict[str, Any], python: str) -> None:
+        super().__init__(python)
         self.index = index
         self.config = config
-        self.python = python
-        self.proc: asyncio.subprocess.Process | None = None
+        #: the latest running counts (``{"ev":"tick",...}``)
         self.tick: dict[str, Any] = {}
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.stderr_tail: deque[str] = deque(maxlen=30)
-        self._tasks: list[asyncio.Task[Any]] = []
-        self.exited = asyncio.Event()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
 
     async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "fastgw.loadtest.client",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            limit=512 * 1024 * 1024,
-        )
-        self._tasks = [asyncio.ensure_future(self._read_stdout()), asyncio.ensure_future(self._read_stderr())]
+        await self.spawn()
         await self.send(self.config)
         hello = await self.wait("hello", 30.0)
         wanted = len(self.config["clients"]) + 64
@@ -243,75 +217,11 @@ class ClientProcess:
             raise RuntimeError(f"client process {self.pid}: open-files limit {hello['nofile']} is below the "
                                f"{wanted} its clients need; raise --processes")
 
-    async def _read_stdout(self) -> None:
-        assert self.proc and self.proc.stdout
-        try:
-            while True:
-                line = await self.proc.stdout.readline()
-                if not line:
-                    break
-                try:
-                    event = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    self.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
-                    continue
-                if event.get("ev") == "tick":
-                    self.tick = event
-                else:
-                    self.events.put_nowait(event)
-        finally:
-            self.exited.set()
-            self.events.put_nowait({"ev": "exited"})
-
-    async def _read_stderr(self) -> None:
-        assert self.proc and self.proc.stderr
-        while True:
-            line = await self.proc.stderr.readline()
-            if not line:
-                break
-            self.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        assert self.proc and self.proc.stdin
-        self.proc.stdin.write(orjson.dumps(obj) + b"\n")
-        await self.proc.stdin.drain()
-
-    async def wait(self, ev: str, timeout: float) -> dict[str, Any]:
-        """The next event named ``ev`` (others are dropped), within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"client process {self.pid}: no {ev!r} within {timeout:g}s")
-            event = await next_event(self.events, remaining)
-            if event.get("ev") == ev:
-                return event
-            if event.get("ev") == "exited":
-                tail = "\n".join(self.stderr_tail)
-                raise RuntimeError(f"client process {self.pid} exited while waiting for {ev!r}:\n{tail}")
-
-    async def stop(self) -> None:
-        """``quit``, then SIGTERM, then SIGKILL, by pid; waits for the exit each time (bounded)."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.send({"cmd": "quit"}), 1.0)
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, sig)
-                try:
-                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-                    break
-                except asyncio.TimeoutError:
-                    continue
-        for task in self._tasks:
-            task.cancel()
-        with contextlib.suppress(Exception):
-            if proc.stdin:
-                proc.stdin.close()
+    def on_event(self, event: dict[str, Any]) -> bool:
+        if event.get("ev") == "tick":
+            self.tick = event
+            return False
+        return True
 
 
 # --------------------------------------------------------------------------- the publisher

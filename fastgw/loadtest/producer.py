@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from typing import Any
 
 import orjson
+
+from fastgw.loadtest.child import stdio_channel
 
 __all__ = ["START_SIM", "WARM_PREFIX", "build_records", "Producer", "main"]
 
@@ -234,15 +235,7 @@ class Producer:
 
 
 async def serve() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=16 * 1024 * 1024)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout.buffer
-
-    def emit(obj: dict[str, Any]) -> None:
-        out.write(orjson.dumps(obj) + b"\n")
-        out.flush()
-
+    reader, emit = await stdio_channel(16 * 1024 * 1024)
     first = await reader.readline()
     if not first:
         return

@@ -126,7 +126,7 @@ class Storm:
                 # come back in step
                 delay = min(retry_after, self.cap) + self.rng.uniform(0.0, bound)
         conn.slot = slot
-        _carry_over(old, conn)
+        conn.take_over(old.seqs)  # what it got on the old connection counts for it too
         if 0 <= slot < len(eng.conns):
             eng.conns[slot] = conn  # its place: the final report counts each client once
         done = time.monotonic()
@@ -156,12 +156,3 @@ class Storm:
             "reconnect_advice": eng.reconnect_advice,
         }
 
-
-def _carry_over(old: "Conn", new: "Conn") -> None:
-    """What the client received on its old connection counts for it too."""
-    from fastgw.loadtest.client import merge_seqs
-
-    if old.seqs:
-        if new.seqs is None:
-            new.seqs = {}
-        merge_seqs(new.seqs, old.seqs)
